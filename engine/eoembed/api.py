@@ -1,0 +1,161 @@
+"""The public API: a few flat calls that read like the user's sentence."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .embedders.base import Embedder, ModelCard
+from .embedders.registry import describe_model as _describe_model
+from .embedders.registry import get_embedder
+from .embedders.registry import list_models as _list_models
+from .embedding import Embedding
+from .errors import CapabilityError, EoembedError, ProviderError, SpecError
+from .providers import Provider, open_provider
+from .specs import FrameSpec, InputPrep, OutputSpec, SensorSpec, SpatialSpec, TemporalSpec
+
+#: The window used when none is given: every date (only sensible for local imagery).
+ALL_TIME = TemporalSpec("1970-01-01", "2100-01-01")
+POOLED = OutputSpec.pooled()
+
+
+def list_models() -> list[str]:
+    """Ids of every model eoembed knows."""
+    return _list_models()
+
+
+def describe_model(model: str, **config: Any) -> ModelCard:
+    """What `model` needs and gives (bands, size, outputs, dims, weights, licence); loads nothing."""
+    return _describe_model(model, **config)
+
+
+def _provider(source: str | Path | Provider, source_options: dict[str, Any] | None) -> Provider:
+    return open_provider(source, **(source_options or {}))
+
+
+def _check_spatial(spatial: Any, index: int | None = None) -> SpatialSpec:
+    if not isinstance(spatial, SpatialSpec):
+        where = f"spatial[{index}]" if index is not None else "spatial"
+        raise SpecError(
+            f"{where} must be a BBox, PointBuffer or Geometry from eoembed.specs, not {type(spatial).__name__}"
+        )
+    return spatial
+
+
+def _plan(
+    model: str | Embedder,
+    temporal: TemporalSpec | None,
+    sensor: SensorSpec | None,
+    output: OutputSpec,
+    frames: FrameSpec | None,
+    prep: InputPrep | None,
+    device: str,
+    weights: str | None,
+    model_config: dict[str, Any] | None,
+) -> tuple[Embedder, SensorSpec, FrameSpec | None, TemporalSpec]:
+    """Resolve the embedder and check the request against it before anything is fetched."""
+    if not isinstance(output, OutputSpec):
+        raise SpecError("output must be OutputSpec.pooled() or OutputSpec.grid()")
+    emb = model if isinstance(model, Embedder) else get_embedder(model, device=device, weights=weights, **(model_config or {}))
+    emb.check(output, sensor, temporal, frames, prep)
+    return emb, emb.sensor_for(sensor), emb.frames_for(frames), temporal or ALL_TIME
+
+
+def get_embedding(
+    model: str | Embedder,
+    spatial: SpatialSpec,
+    temporal: TemporalSpec | None = None,
+    *,
+    sensor: SensorSpec | None = None,
+    output: OutputSpec = POOLED,
+    source: str | Path | Provider = "local",
+    source_options: dict[str, Any] | None = None,
+    frames: FrameSpec | None = None,
+    prep: InputPrep | None = None,
+    device: str = "cpu",
+    weights: str | None = None,
+    model_config: dict[str, Any] | None = None,
+) -> Embedding:
+    """The embedding of one place by `model`.
+
+    >>> get_embedding("rcf", PointBuffer(12.49, 41.89, 320), TemporalSpec.year(2022),
+    ...               source="scenes/", output=OutputSpec.grid())
+    """
+    return get_embeddings_batch(
+        model, [spatial], temporal, sensor=sensor, output=output, source=source,
+        source_options=source_options, frames=frames, prep=prep, device=device, weights=weights,
+        model_config=model_config,
+    )[0]
+
+
+def get_embeddings_batch(
+    model: str | Embedder,
+    spatials: Sequence[SpatialSpec],
+    temporal: TemporalSpec | None = None,
+    *,
+    sensor: SensorSpec | None = None,
+    output: OutputSpec = POOLED,
+    source: str | Path | Provider = "local",
+    source_options: dict[str, Any] | None = None,
+    frames: FrameSpec | None = None,
+    prep: InputPrep | None = None,
+    device: str = "cpu",
+    weights: str | None = None,
+    model_config: dict[str, Any] | None = None,
+    workers: int = 4,
+) -> list[Embedding]:
+    """Embeddings of many places, fetched concurrently and inferred in batches (one forward
+    pass per ``batch_size`` places, not one per place). Raises on the first place that fails;
+    for fault-tolerant, resumable runs over many places use :func:`export_batch`."""
+    places = [_check_spatial(s, i) for i, s in enumerate(spatials)]
+    if not places:
+        return []
+    emb, fetch_sensor, fetch_frames, window = _plan(
+        model, temporal, sensor, output, frames, prep, device, weights, model_config
+    )
+    provider = _provider(source, source_options)
+    requests = [provider.request(s, window, fetch_sensor, fetch_frames) for s in places]
+    observations = provider.fetch_many(requests, workers=workers)
+    for i, obs in enumerate(observations):
+        if isinstance(obs, Exception):
+            if isinstance(obs, EoembedError) and len(places) > 1:
+                raise type(obs)(f"place #{i}: {obs}") from obs
+            raise obs
+    results = emb.embed(observations, output, prep)  # type: ignore[arg-type]
+    for r in results:
+        r.meta.setdefault("window", window.key())
+    return results
+
+
+def embed_text(
+    model: str | Embedder,
+    texts: str | Sequence[str],
+    *,
+    device: str = "cpu",
+    weights: str | None = None,
+    model_config: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """Text embeddings ``(N, D)`` in the same space as the model's image embeddings (CLIP models)."""
+    emb = model if isinstance(model, Embedder) else get_embedder(model, device=device, weights=weights, **(model_config or {}))
+    if not hasattr(emb, "embed_text"):
+        raise CapabilityError(
+            f"model {emb.model_id!r} has no text encoder; use a CLIP model such as remoteclip-vit-b-32"
+        )
+    items = [texts] if isinstance(texts, str) else list(texts)
+    if not items or not all(isinstance(t, str) and t.strip() for t in items):
+        raise SpecError("texts must be one or more non-empty strings")
+    return emb.embed_text(items)
+
+
+__all__ = [
+    "ALL_TIME",
+    "describe_model",
+    "embed_text",
+    "get_embedding",
+    "get_embeddings_batch",
+    "list_models",
+    "ProviderError",
+]

@@ -1,0 +1,95 @@
+"""Places from vector files: every feature of a GeoJSON / GeoPackage / Shapefile as a spatial spec.
+
+Points become :class:`PointBuffer` squares (``buffer_m`` half-side), polygons become
+:class:`Geometry` (masked pooling). Features keep their id (an attribute or the row number).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyogrio
+import shapely
+
+from .errors import SpecError
+from .specs import Geometry, PointBuffer, SpatialSpec, crs_string, parse_crs
+
+
+@dataclass(frozen=True)
+class Place:
+    """One feature to embed: its id, the spec to fetch, and its geometry as given."""
+
+    id: str
+    spatial: SpatialSpec
+    geometry: shapely.Geometry
+    crs: str
+
+
+def read_places(
+    path: str | Path,
+    *,
+    id_field: str | None = None,
+    buffer_m: float = 320.0,
+    layer: str | int | None = None,
+) -> list[Place]:
+    """Read every feature of a vector file as a Place, in the file's CRS.
+
+    Raises SpecError naming the file and the problem (missing file, no CRS, unknown id field,
+    empty or unsupported geometries with their row numbers).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise SpecError(f"vector file {str(p)!r} does not exist")
+    try:
+        meta = pyogrio.read_info(p, layer=layer)
+        table = pyogrio.read_dataframe(p, layer=layer) if _has_pandas() else None
+    except Exception as exc:  # pyogrio raises DataSourceError, DataLayerError, ...
+        raise SpecError(f"could not read {p.name} as a vector file ({exc})") from exc
+    if table is None:
+        raise SpecError("reading vector files needs pandas; install it with: pip install pandas")
+    if not meta.get("crs"):
+        raise SpecError(f"{p.name} has no CRS; set one (e.g. EPSG:4326) in the file")
+    crs = crs_string(parse_crs(meta["crs"]))
+    if id_field is not None and id_field not in table.columns:
+        raise SpecError(
+            f"id field {id_field!r} is not in {p.name}; its fields are {', '.join(map(str, table.columns[:-1])) or 'none'}"
+        )
+    places = []
+    for row, rec in enumerate(table.itertuples(index=False)):
+        geom = rec.geometry
+        fid = str(getattr(rec, id_field)) if id_field else str(row)
+        places.append(_place(fid, geom, crs, buffer_m, p.name, row))
+    if not places:
+        raise SpecError(f"{p.name} has no features")
+    return places
+
+
+def place_from_geometry(fid: str, geom: shapely.Geometry, crs: Any, buffer_m: float) -> Place:
+    """A Place from one geometry (used by callers that already hold features, like QGIS)."""
+    return _place(fid, geom, crs_string(parse_crs(crs)), buffer_m, "input", 0)
+
+
+def _place(fid: str, geom: Any, crs: str, buffer_m: float, name: str, row: int) -> Place:
+    if geom is None or geom.is_empty:
+        raise SpecError(f"{name}: feature {fid} (row {row}) has no geometry; remove it or give it one")
+    kind = geom.geom_type
+    if kind == "Point":
+        spec: SpatialSpec = PointBuffer(geom.x, geom.y, buffer_m, crs=crs)
+    elif kind in ("Polygon", "MultiPolygon"):
+        spec = Geometry(geom, crs=crs)
+    elif kind == "MultiPoint" and len(geom.geoms) == 1:
+        pt = geom.geoms[0]
+        spec = PointBuffer(pt.x, pt.y, buffer_m, crs=crs)
+    else:
+        raise SpecError(f"{name}: feature {fid} (row {row}) is a {kind}; eoembed embeds points and polygons")
+    return Place(fid, spec, geom, crs)
+
+
+def _has_pandas() -> bool:
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        return False
+    return True

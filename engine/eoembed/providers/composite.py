@@ -1,0 +1,128 @@
+"""Compositing per-scene pixel stacks: median or mosaic, over the whole window or per frame.
+
+Shared by every provider so that a composite means the same thing whatever the source.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+
+from ..errors import ProviderError
+from ..specs import FrameSpec, TemporalSpec
+
+
+def composite(
+    stack: np.ndarray,
+    valid: np.ndarray,
+    dates: Sequence[date],
+    method: str,
+    fill_value: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Combine scenes ``(N, C, H, W)`` with validity ``(N, H, W)`` into one ``(C, H, W)`` image.
+
+    ``median``: per-pixel median of the valid scenes. ``mosaic``: per pixel, the most recent
+    valid scene. Pixels valid in no scene get `fill_value` and validity False.
+    """
+    n, c, h, w = stack.shape
+    if n == 0:
+        return np.full((c, h, w), fill_value, np.float32), np.zeros((h, w), bool)
+    any_valid = valid.any(axis=0)
+    if n == 1:
+        out = np.where(valid[0][None], stack[0], np.float32(fill_value)).astype(np.float32)
+        return out, any_valid
+    if method == "median":
+        masked = np.where(valid[:, None], stack, np.nan).astype(np.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels are filled below
+            out = np.nanmedian(masked, axis=0)
+    elif method == "mosaic":
+        order = np.argsort(np.array(dates, dtype="datetime64[D]"), kind="stable")[::-1]
+        out = np.full((c, h, w), np.nan, np.float32)
+        for i in order:  # newest first; fill only what is still empty
+            take = valid[i] & np.isnan(out[0])
+            if take.any():
+                out[:, take] = stack[i][:, take]
+    else:
+        raise ValueError(f"unknown composite method {method!r}")
+    out = np.where(any_valid[None], out, np.float32(fill_value)).astype(np.float32)
+    return out, any_valid
+
+
+@dataclass
+class Frames:
+    """A time series of composites: values ``(T, C, H, W)``, validity ``(T, H, W)``, dates."""
+
+    values: np.ndarray
+    valid: np.ndarray
+    dates: list[date]
+    meta: list[dict]
+
+
+def frame_series(
+    stack: np.ndarray,
+    valid: np.ndarray,
+    dates: Sequence[date],
+    temporal: TemporalSpec,
+    frames: FrameSpec,
+    method: str,
+    fill_value: float,
+) -> Frames:
+    """Bin scenes into the frames of `frames` over `temporal` and composite each bin.
+
+    A frame's date is the middle of its window. Bins with no valid pixel follow
+    ``frames.empty`` (skip, fill, nearest, error); what happened is recorded per frame.
+    """
+    windows = frames.windows(temporal)
+    c, h, w = stack.shape[1:] if stack.ndim == 4 else (0, 0, 0)
+    vals, vmask, fdates, fmeta = [], [], [], []
+    for win in windows:
+        idx = [i for i, d in enumerate(dates) if win.contains(d)]
+        v, m = composite(stack[idx], valid[idx], [dates[i] for i in idx], method, fill_value)
+        info = {
+            "start": win.start.isoformat(),
+            "end": win.end.isoformat(),
+            "scenes": [dates[i].isoformat() for i in idx],
+            "valid_fraction": float(m.mean()) if m.size else 0.0,
+            "status": "ok" if m.any() else "empty",
+        }
+        vals.append(v)
+        vmask.append(m)
+        fdates.append(win.midpoint)
+        fmeta.append(info)
+    empty = [i for i, f in enumerate(fmeta) if f["status"] == "empty"]
+    if empty and frames.empty == "error":
+        first = fmeta[empty[0]]
+        raise ProviderError(
+            f"{len(empty)} of {len(windows)} frames have no imagery (first: {first['start']} to "
+            f"{first['end']}); widen the window, raise cloudy_pct, or choose empty='skip'|'fill'|'nearest'"
+        )
+    full = [i for i in range(len(windows)) if i not in empty]
+    if not full:
+        raise ProviderError(
+            f"no imagery in any of the {len(windows)} frames between {temporal.start} and {temporal.end}"
+        )
+    if frames.empty == "skip":
+        keep = full
+    else:
+        keep = list(range(len(windows)))
+        for i in empty:
+            if frames.empty == "nearest":
+                j = min(full, key=lambda k: (abs(k - i), k))
+                vals[i], vmask[i] = vals[j].copy(), np.zeros_like(vmask[j])
+                fmeta[i]["status"] = f"copied from frame {j}"
+            else:
+                fmeta[i]["status"] = "filled"
+    for i in empty:
+        if frames.empty == "skip":
+            fmeta[i]["status"] = "skipped"
+    return Frames(
+        np.stack([vals[i] for i in keep]).astype(np.float32) if keep else np.zeros((0, c, h, w), np.float32),
+        np.stack([vmask[i] for i in keep]) if keep else np.zeros((0, h, w), bool),
+        [fdates[i] for i in keep],
+        fmeta,
+    )

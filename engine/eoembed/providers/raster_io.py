@@ -1,0 +1,109 @@
+"""Reading raster pixels onto a target grid: a window read when grids align, a warp otherwise.
+
+Only the part of a file that the grid needs is read (for a COG over HTTP: range requests).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.warp import reproject, transform_bounds
+from rasterio.windows import Window, from_bounds
+
+from ..grid import GridSpec
+
+_ALIGN_TOL = 1e-6  # in pixels
+
+
+def _same_crs(src: rasterio.io.DatasetReader, crs: str) -> bool:
+    return src.crs is not None and src.crs == CRS.from_user_input(crs)
+
+
+def aligned_offset(src: rasterio.io.DatasetReader, grid: GridSpec) -> tuple[int, int] | None:
+    """(row, col) of the grid's top-left pixel in `src` when both share CRS, pixel size and
+    lattice, else None (a warp is needed)."""
+    st, gt = src.transform, grid.transform
+    if not _same_crs(src, grid.crs) or st.b or st.d or gt.b or gt.d:
+        return None
+    if abs(st.a - gt.a) > _ALIGN_TOL * abs(gt.a) or abs(st.e - gt.e) > _ALIGN_TOL * abs(gt.e):
+        return None
+    col = (gt.c - st.c) / st.a
+    row = (gt.f - st.f) / st.e
+    if abs(col - round(col)) > 1e-3 or abs(row - round(row)) > 1e-3:
+        return None
+    return int(round(row)), int(round(col))
+
+
+def read_to_grid(
+    src: rasterio.io.DatasetReader,
+    indexes: list[int],
+    grid: GridSpec,
+    resampling: Resampling = Resampling.bilinear,
+    nodata: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels of bands `indexes` (1-based) of `src` on `grid`.
+
+    Returns float32 values ``(C, H, W)`` and validity ``(H, W)``: False where the file has no
+    data (outside its extent or equal to its nodata, or `nodata` when the file declares none).
+    """
+    nd = src.nodata if src.nodata is not None else nodata
+    h, w = grid.height, grid.width
+    off = aligned_offset(src, grid)
+    if off is not None:
+        return _read_aligned(src, indexes, off, h, w, nd)
+    return _read_warped(src, indexes, grid, resampling, nd)
+
+
+def _read_aligned(src, indexes, off, h, w, nd):
+    row, col = off
+    out = np.zeros((len(indexes), h, w), np.float32)
+    valid = np.zeros((h, w), bool)
+    r0, c0 = max(row, 0), max(col, 0)
+    r1, c1 = min(row + h, src.height), min(col + w, src.width)
+    if r0 >= r1 or c0 >= c1:
+        return out, valid
+    data = src.read(indexes, window=Window(c0, r0, c1 - c0, r1 - r0), out_dtype=np.float32)
+    out[:, r0 - row : r1 - row, c0 - col : c1 - col] = data
+    ok = np.ones(data.shape[1:], bool)
+    if nd is not None and not (isinstance(nd, float) and math.isnan(nd)):
+        ok &= ~(data == nd).all(axis=0)
+    ok &= ~np.isnan(data).any(axis=0)
+    valid[r0 - row : r1 - row, c0 - col : c1 - col] = ok
+    out[:, ~valid] = 0.0
+    return out, valid
+
+
+def _read_warped(src, indexes, grid, resampling, nd):
+    h, w = grid.height, grid.width
+    out = np.full((len(indexes), h, w), np.nan, np.float32)
+    left, bottom, right, top = transform_bounds(grid.crs, src.crs, *grid.bounds, densify_pts=21)
+    win = from_bounds(left, bottom, right, top, transform=src.transform)
+    pad = 3  # kernel support of bilinear/cubic resampling at the window's edge
+    c0 = max(0, math.floor(win.col_off) - pad)
+    r0 = max(0, math.floor(win.row_off) - pad)
+    c1 = min(src.width, math.ceil(win.col_off + win.width) + pad)
+    r1 = min(src.height, math.ceil(win.row_off + win.height) + pad)
+    if c0 >= c1 or r0 >= r1:
+        return np.zeros((len(indexes), h, w), np.float32), np.zeros((h, w), bool)
+    window = Window(c0, r0, c1 - c0, r1 - r0)
+    data = src.read(indexes, window=window, out_dtype=np.float32)
+    if nd is not None and not (isinstance(nd, float) and math.isnan(nd)):
+        data[:, (data == nd).all(axis=0)] = np.nan
+    reproject(
+        source=data,
+        destination=out,
+        src_transform=src.window_transform(window),
+        src_crs=src.crs,
+        src_nodata=np.nan,
+        dst_transform=grid.transform,
+        dst_crs=CRS.from_user_input(grid.crs),
+        dst_nodata=np.nan,
+        resampling=resampling,
+    )
+    valid = ~np.isnan(out).any(axis=0)
+    out[:, ~valid] = 0.0
+    return out, valid

@@ -1,0 +1,555 @@
+"""Request specifications: where, when, which sensor, what output. Frozen and validated on creation.
+
+Every spec raises :class:`SpecError` with a sentence naming the field and the allowed values.
+Spatial specs carry their CRS (anything pyproj reads: ``"EPSG:32633"``, WKT, PROJ strings).
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import math
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from functools import cached_property
+from typing import Any, Literal
+
+import shapely
+import shapely.geometry
+import shapely.ops
+from pyproj import CRS, Geod, Transformer
+from pyproj.exceptions import CRSError
+
+from .errors import SpecError
+from .sensors import COLLECTIONS, normalize_band
+
+#: Largest area one request may cover; bigger areas belong in a batch of smaller ROIs.
+MAX_AREA_KM2 = 2_500.0
+#: Largest half-side of a :class:`PointBuffer`.
+MAX_BUFFER_M = 25_000.0
+
+_GEOD = Geod(ellps="WGS84")
+
+
+def parse_crs(crs: Any, name: str = "crs") -> CRS:
+    """A pyproj CRS from anything pyproj reads, or a SpecError naming the argument."""
+    if isinstance(crs, CRS):
+        return crs
+    try:
+        return CRS.from_user_input(crs)
+    except (CRSError, TypeError, ValueError) as exc:
+        raise SpecError(
+            f"{name}={crs!r} is not a coordinate reference system; give an EPSG code like "
+            "'EPSG:4326', a WKT or a PROJ string"
+        ) from exc
+
+
+def crs_string(crs: CRS) -> str:
+    """Short, stable text form of a CRS ('EPSG:32633' when it has an EPSG code, else WKT)."""
+    epsg = crs.to_epsg(min_confidence=90)
+    return f"EPSG:{epsg}" if epsg else crs.to_wkt()
+
+
+def utm_crs_for(lon: float, lat: float) -> CRS:
+    """The WGS84 / UTM zone CRS that contains a longitude/latitude (standard zones)."""
+    zone = min(int((lon + 180.0) // 6.0) + 1, 60)
+    return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
+
+
+def _is_metric(crs: CRS) -> bool:
+    if not crs.is_projected:
+        return False
+    units = {ax.unit_name for ax in crs.axis_info[:2]}
+    return units <= {"metre", "meter"}
+
+
+def _finite(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"{name}={value!r} is not a number") from exc
+    if not math.isfinite(v):
+        raise SpecError(f"{name}={value!r} must be a finite number")
+    return v
+
+
+def _check_geographic(crs: CRS, xs: list[float], ys: list[float], what: str) -> None:
+    if not crs.is_geographic:
+        return
+    for x in xs:
+        if not -180.0 <= x <= 180.0:
+            raise SpecError(f"{what}: longitude {x} is outside [-180, 180] in {crs_string(crs)}")
+    for y in ys:
+        if not -90.0 <= y <= 90.0:
+            raise SpecError(f"{what}: latitude {y} is outside [-90, 90] in {crs_string(crs)}")
+
+
+class SpatialSpec:
+    """Common behaviour of the places eoembed embeds: a footprint with a CRS.
+
+    The *working CRS* is where pixels are square and in metres: the spec's own CRS when it is a
+    projected metric CRS, otherwise the UTM zone of the footprint's centre.
+    """
+
+    crs: str
+
+    @property
+    def crs_obj(self) -> CRS:
+        return CRS.from_user_input(self.crs)
+
+    def _native_shape(self) -> shapely.Geometry:  # in self.crs
+        raise NotImplementedError
+
+    @cached_property
+    def working_crs(self) -> CRS:
+        crs = self.crs_obj
+        if _is_metric(crs):
+            return crs
+        c = self._native_shape().centroid
+        lon, lat = Transformer.from_crs(crs, 4326, always_xy=True).transform(c.x, c.y)
+        return utm_crs_for(lon, lat)
+
+    def shape(self, crs: Any | None = None) -> shapely.Geometry:
+        """The footprint as a shapely geometry in `crs` (default: the spec's own CRS)."""
+        geom = self._native_shape()
+        if crs is None:
+            return geom
+        target = parse_crs(crs)
+        if target == self.crs_obj:
+            return geom
+        tr = Transformer.from_crs(self.crs_obj, target, always_xy=True)
+        return shapely.ops.transform(tr.transform, _densify(geom))
+
+    def area_km2(self) -> float:
+        """Geodesic area of the footprint in square kilometres."""
+        geom = self.shape("EPSG:4326")
+        area, _ = _GEOD.geometry_area_perimeter(geom)
+        return abs(area) / 1e6
+
+    @property
+    def is_polygon(self) -> bool:
+        """True when only pixels inside the footprint count (masked pooling)."""
+        return False
+
+    def key(self) -> str:
+        """A stable text key for caching and fingerprints."""
+        raise NotImplementedError
+
+    def _check_area(self) -> None:
+        area = self.area_km2()
+        if area > MAX_AREA_KM2:
+            raise SpecError(
+                f"{type(self).__name__} covers {area:,.0f} km², more than the {MAX_AREA_KM2:,.0f} km² "
+                "one request may cover; split it into smaller areas and embed them as a batch"
+            )
+
+
+def _densify(geom: shapely.Geometry, parts: int = 16) -> shapely.Geometry:
+    """Add vertices along edges so that a reprojected outline follows curved edges."""
+    if geom.geom_type in ("Point", "MultiPoint"):
+        return geom
+    length = geom.length
+    if length <= 0:
+        return geom
+    return shapely.segmentize(geom, max_segment_length=length / (4 * parts))
+
+
+@dataclass(frozen=True)
+class BBox(SpatialSpec):
+    """An axis-aligned box ``(minx, miny, maxx, maxy)`` in `crs` (x = easting or longitude)."""
+
+    minx: float
+    miny: float
+    maxx: float
+    maxy: float
+    crs: str = "EPSG:4326"
+
+    def __post_init__(self) -> None:
+        vals = {k: _finite(k, getattr(self, k)) for k in ("minx", "miny", "maxx", "maxy")}
+        for k, v in vals.items():
+            object.__setattr__(self, k, v)
+        crs = parse_crs(self.crs)
+        object.__setattr__(self, "crs", crs_string(crs))
+        if not vals["minx"] < vals["maxx"]:
+            raise SpecError(f"BBox: minx ({vals['minx']}) must be less than maxx ({vals['maxx']})")
+        if not vals["miny"] < vals["maxy"]:
+            raise SpecError(f"BBox: miny ({vals['miny']}) must be less than maxy ({vals['maxy']})")
+        _check_geographic(crs, [vals["minx"], vals["maxx"]], [vals["miny"], vals["maxy"]], "BBox")
+        self._check_area()
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        return (self.minx, self.miny, self.maxx, self.maxy)
+
+    def _native_shape(self) -> shapely.Geometry:
+        return shapely.geometry.box(*self.bounds)
+
+    def key(self) -> str:
+        return f"bbox({self.minx!r},{self.miny!r},{self.maxx!r},{self.maxy!r},{self.crs})"
+
+
+@dataclass(frozen=True)
+class PointBuffer(SpatialSpec):
+    """A square of half-side `buffer_m` metres around the point ``(x, y)`` given in `crs`.
+
+    The square is axis-aligned in the working CRS (see :class:`SpatialSpec`), so a 640 m
+    square is exactly 64 × 64 pixels of 10 m.
+    """
+
+    x: float
+    y: float
+    buffer_m: float
+    crs: str = "EPSG:4326"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "x", _finite("x", self.x))
+        object.__setattr__(self, "y", _finite("y", self.y))
+        buf = _finite("buffer_m", self.buffer_m)
+        if not 0 < buf <= MAX_BUFFER_M:
+            raise SpecError(
+                f"buffer_m={self.buffer_m!r} must be greater than 0 and at most {MAX_BUFFER_M:g} metres"
+            )
+        object.__setattr__(self, "buffer_m", buf)
+        crs = parse_crs(self.crs)
+        object.__setattr__(self, "crs", crs_string(crs))
+        _check_geographic(crs, [self.x], [self.y], "PointBuffer")
+
+    def center(self, crs: Any) -> tuple[float, float]:
+        """The point in `crs`."""
+        tr = Transformer.from_crs(self.crs_obj, parse_crs(crs), always_xy=True)
+        return tr.transform(self.x, self.y)
+
+    @cached_property
+    def working_crs(self) -> CRS:
+        crs = self.crs_obj
+        if _is_metric(crs):
+            return crs
+        lon, lat = Transformer.from_crs(crs, 4326, always_xy=True).transform(self.x, self.y)
+        return utm_crs_for(lon, lat)
+
+    def _native_shape(self) -> shapely.Geometry:
+        wc = self.working_crs
+        cx, cy = self.center(wc)
+        b = self.buffer_m
+        square = shapely.geometry.box(cx - b, cy - b, cx + b, cy + b)
+        if wc == self.crs_obj:
+            return square
+        tr = Transformer.from_crs(wc, self.crs_obj, always_xy=True)
+        return shapely.ops.transform(tr.transform, _densify(square))
+
+    def shape(self, crs: Any | None = None) -> shapely.Geometry:
+        if crs is not None and parse_crs(crs) == self.working_crs:
+            cx, cy = self.center(self.working_crs)
+            b = self.buffer_m
+            return shapely.geometry.box(cx - b, cy - b, cx + b, cy + b)
+        return super().shape(crs)
+
+    def key(self) -> str:
+        return f"point({self.x!r},{self.y!r},{self.buffer_m!r},{self.crs})"
+
+
+@dataclass(frozen=True, eq=False)
+class Geometry(SpatialSpec):
+    """A polygon or multipolygon in any CRS, from WKT, GeoJSON (text or dict) or shapely.
+
+    Only pixels inside the polygon count when pooling (masked pooling).
+    """
+
+    geom: Any
+    crs: str = "EPSG:4326"
+
+    def __post_init__(self) -> None:
+        g = _to_shapely(self.geom)
+        if g.is_empty:
+            raise SpecError("Geometry is empty; give a polygon with an area")
+        if g.geom_type not in ("Polygon", "MultiPolygon"):
+            raise SpecError(
+                f"Geometry must be a Polygon or MultiPolygon, got a {g.geom_type}; "
+                "for a point use PointBuffer(x, y, buffer_m)"
+            )
+        if not g.is_valid:
+            raise SpecError(
+                f"Geometry is not valid ({shapely.is_valid_reason(g)}); repair it, e.g. with shapely.make_valid"
+            )
+        coords = shapely.get_coordinates(g)
+        if not math.isfinite(float(abs(coords).sum())):
+            raise SpecError("Geometry has coordinates that are not finite numbers")
+        object.__setattr__(self, "geom", g)
+        crs = parse_crs(self.crs)
+        object.__setattr__(self, "crs", crs_string(crs))
+        _check_geographic(crs, list(coords[:, 0]), list(coords[:, 1]), "Geometry")
+        self._check_area()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Geometry) and self.key() == other.key()
+
+    def __hash__(self) -> int:
+        return hash(self.key())
+
+    @property
+    def is_polygon(self) -> bool:
+        return True
+
+    def _native_shape(self) -> shapely.Geometry:
+        return self.geom
+
+    def key(self) -> str:
+        return f"geom({self.geom.wkt},{self.crs})"
+
+
+def _to_shapely(geom: Any) -> shapely.Geometry:
+    if isinstance(geom, shapely.Geometry):
+        return geom
+    if isinstance(geom, str):
+        text = geom.strip()
+        if text.startswith("{"):
+            try:
+                geom = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise SpecError(f"Geometry: the GeoJSON text does not parse ({exc.msg})") from exc
+        else:
+            try:
+                return shapely.from_wkt(text)
+            except shapely.errors.GEOSException as exc:
+                raise SpecError(f"Geometry: the WKT text does not parse ({exc})") from exc
+    if isinstance(geom, dict):
+        if geom.get("type") == "Feature":
+            geom = geom.get("geometry") or {}
+        try:
+            return shapely.geometry.shape(geom)
+        except Exception as exc:  # shapely raises several types for bad GeoJSON
+            raise SpecError(f"Geometry: the GeoJSON object is not a geometry ({exc})") from exc
+    if hasattr(geom, "__geo_interface__"):
+        return shapely.geometry.shape(geom.__geo_interface__)
+    raise SpecError(
+        f"Geometry: cannot read a geometry from a {type(geom).__name__}; give WKT, GeoJSON or shapely"
+    )
+
+
+def _parse_date(name: str, value: Any) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value.strip()[:10])
+        except ValueError as exc:
+            raise SpecError(f"{name}={value!r} is not an ISO date like '2022-06-01'") from exc
+    raise SpecError(f"{name}={value!r} is not a date; give an ISO date like '2022-06-01'")
+
+
+@dataclass(frozen=True)
+class TemporalSpec:
+    """A half-open time window ``[start, end)`` of whole days."""
+
+    start: date
+    end: date
+
+    def __post_init__(self) -> None:
+        s = _parse_date("start", self.start)
+        e = _parse_date("end", self.end)
+        if s.year < 1970 or e.year > 2100:
+            raise SpecError(f"time window {s}..{e} must lie between 1970 and 2100")
+        if not s < e:
+            raise SpecError(
+                f"time window is empty or reversed: start {s} must be before end {e} (end is exclusive)"
+            )
+        object.__setattr__(self, "start", s)
+        object.__setattr__(self, "end", e)
+
+    @classmethod
+    def range(cls, start: Any, end: Any) -> TemporalSpec:
+        """The window from `start` (included) to `end` (excluded), ISO dates or date objects."""
+        return cls(start, end)
+
+    @classmethod
+    def year(cls, year: int) -> TemporalSpec:
+        """The calendar year `year`, 1 January to 1 January."""
+        if isinstance(year, bool) or not isinstance(year, int):
+            raise SpecError(f"year={year!r} must be a whole number like 2022")
+        if not 1970 <= year <= 2099:
+            raise SpecError(f"year={year} must be between 1970 and 2099")
+        return cls(date(year, 1, 1), date(year + 1, 1, 1))
+
+    @property
+    def days(self) -> int:
+        return (self.end - self.start).days
+
+    def contains(self, when: date | datetime) -> bool:
+        d = when.date() if isinstance(when, datetime) else when
+        return self.start <= d < self.end
+
+    def split(self, n: int) -> list[TemporalSpec]:
+        """`n` consecutive windows of (nearly) equal whole-day length covering this one."""
+        if not isinstance(n, int) or n < 1:
+            raise SpecError(f"frame count n={n!r} must be a whole number ≥ 1")
+        if n > self.days:
+            raise SpecError(f"cannot split {self.days} days into {n} frames; use at most {self.days}")
+        edges = [self.start + timedelta(days=round(i * self.days / n)) for i in range(n + 1)]
+        return [TemporalSpec(a, b) for a, b in zip(edges[:-1], edges[1:])]
+
+    def months(self) -> list[TemporalSpec]:
+        """Calendar-month windows overlapping this one, clipped to it."""
+        out = []
+        cur = self.start
+        while cur < self.end:
+            last = calendar.monthrange(cur.year, cur.month)[1]
+            nxt = min(date(cur.year, cur.month, last) + timedelta(days=1), self.end)
+            out.append(TemporalSpec(cur, nxt))
+            cur = nxt
+        return out
+
+    @property
+    def midpoint(self) -> date:
+        return self.start + timedelta(days=self.days // 2)
+
+    def key(self) -> str:
+        return f"{self.start.isoformat()}/{self.end.isoformat()}"
+
+
+EmptyFramePolicy = Literal["skip", "fill", "nearest", "error"]
+
+
+@dataclass(frozen=True)
+class FrameSpec:
+    """How a time window becomes frames for temporal models.
+
+    ``count`` equal bins or calendar ``monthly`` bins, each composited on its own.
+    ``empty`` says what a bin with no imagery becomes: ``"skip"`` drops it, ``"fill"`` keeps
+    it as `fill_value` marked invalid, ``"nearest"`` copies the nearest non-empty frame,
+    ``"error"`` refuses the request. The policy applied is recorded in the result's meta.
+    """
+
+    count: int | None = None
+    monthly: bool = False
+    empty: EmptyFramePolicy = "skip"
+
+    def __post_init__(self) -> None:
+        if self.monthly and self.count is not None:
+            raise SpecError("FrameSpec: give either count=N or monthly=True, not both")
+        count = self.count
+        if not self.monthly and (isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 366):
+            raise SpecError(f"FrameSpec: count={self.count!r} must be a whole number from 1 to 366")
+        if self.empty not in ("skip", "fill", "nearest", "error"):
+            raise SpecError(
+                f"FrameSpec: empty={self.empty!r} must be 'skip', 'fill', 'nearest' or 'error'"
+            )
+
+    @classmethod
+    def bins(cls, count: int, empty: EmptyFramePolicy = "skip") -> FrameSpec:
+        return cls(count=count, empty=empty)
+
+    @classmethod
+    def by_month(cls, empty: EmptyFramePolicy = "skip") -> FrameSpec:
+        return cls(monthly=True, empty=empty)
+
+    def windows(self, temporal: TemporalSpec) -> list[TemporalSpec]:
+        return temporal.months() if self.monthly else temporal.split(self.count)  # type: ignore[arg-type]
+
+    def key(self) -> str:
+        return f"frames(monthly)/{self.empty}" if self.monthly else f"frames({self.count})/{self.empty}"
+
+
+@dataclass(frozen=True)
+class SensorSpec:
+    """Which imagery to read and how to composite it.
+
+    `bands` None means "what the model needs"; `scale_m` is the output pixel size in metres;
+    `cloudy_pct` the largest scene cloud cover accepted; `fill_value` fills pixels no scene
+    covers; `composite` is ``"median"`` (per-pixel median over dates) or ``"mosaic"``
+    (the most recent valid pixel).
+    """
+
+    collection: str = "sentinel-2-l2a"
+    bands: tuple[str, ...] | None = None
+    scale_m: float = 10.0
+    cloudy_pct: float = 30.0
+    fill_value: float = 0.0
+    composite: Literal["median", "mosaic"] = "median"
+
+    def __post_init__(self) -> None:
+        if self.collection not in COLLECTIONS:
+            raise SpecError(
+                f"collection={self.collection!r} is not supported; use one of {', '.join(COLLECTIONS)}"
+            )
+        if self.bands is not None:
+            if isinstance(self.bands, str) or not len(self.bands):
+                raise SpecError("bands must be a non-empty list of band names like ['B04', 'B03', 'B02']")
+            names = tuple(normalize_band(b) for b in self.bands)
+            if len(set(names)) != len(names):
+                raise SpecError(f"bands {list(self.bands)} name a band twice")
+            object.__setattr__(self, "bands", names)
+        scale = _finite("scale_m", self.scale_m)
+        if not 0.5 <= scale <= 1000:
+            raise SpecError(f"scale_m={self.scale_m!r} must be between 0.5 and 1000 metres")
+        object.__setattr__(self, "scale_m", scale)
+        cloudy = _finite("cloudy_pct", self.cloudy_pct)
+        if not 0 <= cloudy <= 100:
+            raise SpecError(f"cloudy_pct={self.cloudy_pct!r} must be between 0 and 100")
+        object.__setattr__(self, "cloudy_pct", cloudy)
+        object.__setattr__(self, "fill_value", _finite("fill_value", self.fill_value))
+        if self.composite not in ("median", "mosaic"):
+            raise SpecError(f"composite={self.composite!r} must be 'median' or 'mosaic'")
+
+    def with_bands(self, bands: tuple[str, ...]) -> SensorSpec:
+        return SensorSpec(self.collection, tuple(bands), self.scale_m, self.cloudy_pct, self.fill_value, self.composite)
+
+    def key(self) -> str:
+        bands = ",".join(self.bands) if self.bands else "*"
+        return f"{self.collection}[{bands}]@{self.scale_m:g}m<{self.cloudy_pct:g}%/{self.composite}/fill={self.fill_value:g}"
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What to return: one ``pooled`` vector per place, or a georeferenced ``grid``."""
+
+    mode: Literal["pooled", "grid"] = "pooled"
+    pooling: Literal["mean", "max"] = "mean"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("pooled", "grid"):
+            raise SpecError(f"output mode={self.mode!r} must be 'pooled' or 'grid'")
+        if self.pooling not in ("mean", "max"):
+            raise SpecError(f"pooling={self.pooling!r} must be 'mean' or 'max'")
+
+    @classmethod
+    def pooled(cls, pooling: Literal["mean", "max"] = "mean") -> OutputSpec:
+        return cls("pooled", pooling)
+
+    @classmethod
+    def grid(cls) -> OutputSpec:
+        return cls("grid")
+
+    def key(self) -> str:
+        return f"{self.mode}/{self.pooling}" if self.mode == "pooled" else "grid"
+
+
+@dataclass(frozen=True)
+class InputPrep:
+    """How a place's pixels meet the model's input size.
+
+    ``"resize"`` resamples the whole place to the model's image size (one forward pass);
+    ``"tile"`` cuts it into model-size tiles at native resolution (up to `max_tiles`) and
+    stitches the grids or averages the pooled vectors.
+    """
+
+    mode: Literal["resize", "tile"] = "resize"
+    max_tiles: int = 64
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("resize", "tile"):
+            raise SpecError(f"InputPrep mode={self.mode!r} must be 'resize' or 'tile'")
+        if isinstance(self.max_tiles, bool) or not isinstance(self.max_tiles, int) or not 1 <= self.max_tiles <= 4096:
+            raise SpecError(f"max_tiles={self.max_tiles!r} must be a whole number from 1 to 4096")
+
+    @classmethod
+    def resize(cls) -> InputPrep:
+        return cls("resize")
+
+    @classmethod
+    def tile(cls, max_tiles: int = 64) -> InputPrep:
+        return cls("tile", max_tiles)
+
+    def key(self) -> str:
+        return self.mode if self.mode == "resize" else f"tile<={self.max_tiles}"

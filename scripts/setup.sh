@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Idempotent set-up: a virtual environment in .venv with eoembed and its dependencies.
+#   bash scripts/setup.sh          engine only
+#   bash scripts/setup.sh --qgis   also QGIS 3 from Debian and a virtual X server (for the plugin)
+# Fast when already done: a stamp file records what was installed.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+want_qgis=0
+[ "${1:-}" = "--qgis" ] && want_qgis=1
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_install() {
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# The venv is made from the system Python so that Debian's QGIS bindings are importable in it.
+py=/usr/bin/python3
+if [ ! -x "$py" ] || ! "$py" -c 'import venv, ensurepip' 2>/dev/null; then
+  echo "setup: installing python3 and python3-venv from Debian" >&2
+  apt_install python3 python3-venv
+fi
+if [ "$want_qgis" = 1 ] && ! "$py" -c 'import qgis.core' 2>/dev/null; then
+  echo "setup: installing QGIS from Debian (a few minutes, once)" >&2
+  apt_install python3-qgis qgis-common xvfb xauth
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  "$py" -m venv --system-site-packages .venv
+fi
+extras="dev,stac,gee,dask"
+stamp=".venv/.eoembed-installed"
+want="$(cat pyproject.toml scripts/constraints.txt | sha256sum | cut -d' ' -f1) $extras"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing eoembed[$extras] into .venv" >&2
+  .venv/bin/python -m pip install -q --upgrade pip
+  # eager: Debian's old attrs and friends, visible through --system-site-packages, break rasterio.
+  .venv/bin/python -m pip install -q --upgrade-strategy eager -c scripts/constraints.txt -e ".[$extras]"
+  echo "$want" > "$stamp"
+fi
