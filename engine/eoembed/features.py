@@ -43,23 +43,19 @@ def read_places(
     if not p.exists():
         raise SpecError(f"vector file {str(p)!r} does not exist")
     try:
-        meta = pyogrio.read_info(p, layer=layer)
-        table = pyogrio.read_dataframe(p, layer=layer) if _has_pandas() else None
+        meta, _fids, wkb, fields = pyogrio.read(p, layer=layer)
     except Exception as exc:  # pyogrio raises DataSourceError, DataLayerError, ...
         raise SpecError(f"could not read {p.name} as a vector file ({exc})") from exc
-    if table is None:
-        raise SpecError("reading vector files needs pandas; install it with: pip install pandas")
     if not meta.get("crs"):
         raise SpecError(f"{p.name} has no CRS; set one (e.g. EPSG:4326) in the file")
     crs = crs_string(parse_crs(meta["crs"]))
-    if id_field is not None and id_field not in table.columns:
-        raise SpecError(
-            f"id field {id_field!r} is not in {p.name}; its fields are {', '.join(map(str, table.columns[:-1])) or 'none'}"
-        )
+    names = [str(n) for n in meta.get("fields", [])]
+    if id_field is not None and id_field not in names:
+        raise SpecError(f"id field {id_field!r} is not in {p.name}; its fields are {', '.join(names) or 'none'}")
+    ids = [str(v) for v in fields[names.index(id_field)]] if id_field else [str(i) for i in range(len(wkb))]
     places = []
-    for row, rec in enumerate(table.itertuples(index=False)):
-        geom = rec.geometry
-        fid = str(getattr(rec, id_field)) if id_field else str(row)
+    for row, (fid, blob) in enumerate(zip(ids, wkb)):
+        geom = shapely.from_wkb(blob) if blob is not None else None
         places.append(_place(fid, geom, crs, buffer_m, p.name, row))
     if not places:
         raise SpecError(f"{p.name} has no features")
@@ -86,10 +82,3 @@ def _place(fid: str, geom: Any, crs: str, buffer_m: float, name: str, row: int) 
         raise SpecError(f"{name}: feature {fid} (row {row}) is a {kind}; eoembed embeds points and polygons")
     return Place(fid, spec, geom, crs)
 
-
-def _has_pandas() -> bool:
-    try:
-        import pandas  # noqa: F401
-    except ImportError:
-        return False
-    return True

@@ -347,7 +347,7 @@ def _resize(x: torch.Tensor, size: Sequence[int], mode: str) -> torch.Tensor:
 
 def _tile(obs: Observation, y0: int, x0: int, size: int) -> Observation:
     """A size×size window of `obs` at (y0, x0), padded with fill (invalid) past the edges."""
-    t, c = obs.data.shape[:2]
+    t, c = obs.array.shape[:2]
     vals = np.zeros((t, c, size, size), np.float32)
     valid = np.zeros((t, size, size), bool)
     roi = np.zeros((size, size), bool)

@@ -16,7 +16,7 @@ from ..errors import ModelError, SpecError, WeightsError
 from ..providers.base import Observation
 from ..sensors import normalize_band
 from ..specs import OutputSpec
-from .base import Embedder, ModelCard, pool_feature_maps
+from .base import Embedder, ModelCard
 
 #: Default bands: the ten 10 m and 20 m Sentinel-2 L2A bands.
 DEFAULT_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
@@ -213,23 +213,40 @@ class RCFEmbedder(Embedder):
         r = F.conv2d(z, self._filters.to(z.device), padding=self.kernel_size // 2)
         return torch.cat([F.relu(r - self.bias), F.relu(-r - self.bias)], dim=1)
 
+    def _pooled_batch(self, z: torch.Tensor, masks: torch.Tensor, pooling: str) -> torch.Tensor:
+        """Pooled features ``(B, 2K)`` without materialising the ``(B, 2K, H, W)`` stack.
+
+        `masks` ``(B, H·W)`` marks the pixels that count; an empty mask counts every pixel.
+        """
+        assert self._filters is not None
+        r = F.conv2d(z, self._filters.to(z.device), padding=self.kernel_size // 2).flatten(2)
+        m = masks.to(r.dtype)
+        m[m.sum(1) == 0] = 1.0
+        parts = []
+        for sign in (1.0, -1.0):
+            f = torch.relu_(sign * r - self.bias)
+            if pooling == "max":
+                parts.append(f.masked_fill_(m[:, None] == 0, float("-inf")).amax(2))
+            else:
+                parts.append(torch.bmm(f, (m / m.sum(1, keepdim=True))[:, :, None])[:, :, 0])
+        return torch.cat(parts, dim=1)
+
     def embed_batch(self, observations: list[Observation], output: OutputSpec) -> list[Embedding]:
         if self._filters is None:  # empirical mode without saved filters: fit on this first batch
             self.fit(observations)
         shapes = {(o.grid.height, o.grid.width) for o in observations}
         h, w = next(iter(shapes))
-        if len(shapes) == 1 and h * w * len(observations) <= 8 * _STRIPE_PIXELS:
-            x = self.input_tensor(observations, self.bands)
-            feats = self._featurise(self._standardise(x, self._valid(observations)))
-            return [self._finish(f, o, output) for f, o in zip(feats, observations)]
-        return [self._embed_large(o, output) for o in observations]
-
-    def _finish(self, feats: torch.Tensor, obs: Observation, output: OutputSpec) -> Embedding:
-        if output.mode == "grid":
-            cell = F.avg_pool2d(feats[None], self.grid_cell, ceil_mode=True)[0]
-            return self.grid_embedding(cell, obs, output, cell_px=self.grid_cell)
-        mask = obs.roi_mask & obs.valid[0]
-        return self.pooled_embedding(pool_feature_maps(feats[None], [mask], output.pooling)[0], obs, output)
+        if len(shapes) > 1 or h * w * len(observations) > 8 * _STRIPE_PIXELS:
+            return [self._embed_large(o, output) for o in observations]
+        x = self.input_tensor(observations, self.bands)
+        z = self._standardise(x, self._valid(observations))
+        if output.mode == "pooled":
+            masks = torch.from_numpy(np.stack([(o.roi_mask & o.valid[0]).reshape(-1) for o in observations]))
+            pooled = self._pooled_batch(z, masks.to(z.device), output.pooling)
+            return [self.pooled_embedding(v, o, output) for v, o in zip(pooled, observations)]
+        feats = self._featurise(z)
+        cells = F.avg_pool2d(feats, self.grid_cell, ceil_mode=True)
+        return [self.grid_embedding(c, o, output, cell_px=self.grid_cell) for c, o in zip(cells, observations)]
 
     def _embed_large(self, obs: Observation, output: OutputSpec) -> Embedding:
         """Featurise one big place in stripes of rows so memory does not grow with its size."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -36,7 +36,6 @@ class FetchRequest:
         return "|".join((self.grid.key(), self.temporal.key(), self.sensor.key(), frames, self.spatial.key()))
 
 
-@dataclass
 class Observation:
     """Imagery of one place, on the place's grid.
 
@@ -47,21 +46,54 @@ class Observation:
     `valid`: bool ``(time, y, x)``, True where a real measurement went into the pixel.
     `roi_mask`: bool ``(y, x)``, True inside the place (all True for boxes and points).
     `meta`: provenance — source ids, acquisition dates, coverage, composite, frames.
+
+    The labelled ``data`` view is built on first access; models read plain arrays with
+    :meth:`values`, which keeps the hot path free of xarray's construction cost.
     """
 
-    data: xr.DataArray
-    valid: np.ndarray
-    roi_mask: np.ndarray
-    grid: GridSpec
-    meta: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("array", "bands", "dates", "valid", "roi_mask", "grid", "meta", "_data")
+
+    def __init__(
+        self,
+        array: np.ndarray,
+        bands: Sequence[str],
+        dates: Sequence[date],
+        valid: np.ndarray,
+        roi_mask: np.ndarray,
+        grid: GridSpec,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        t, c, h, w = array.shape
+        if (h, w) != (grid.height, grid.width) or c != len(bands) or t != len(dates):
+            raise ValueError(
+                f"array {array.shape} does not match grid {grid.height}×{grid.width}, "
+                f"{len(bands)} bands and {len(dates)} dates"
+            )
+        self.array = np.ascontiguousarray(array, dtype=np.float32)
+        self.bands: tuple[str, ...] = tuple(bands)
+        self.dates: list[date] = list(dates)
+        self.valid = np.asarray(valid, dtype=bool)
+        self.roi_mask = np.asarray(roi_mask, dtype=bool)
+        self.grid = grid
+        self.meta: dict[str, Any] = dict(meta or {})
+        self._data: xr.DataArray | None = None
 
     @property
-    def bands(self) -> tuple[str, ...]:
-        return tuple(str(b) for b in self.data.coords["band"].values)
-
-    @property
-    def dates(self) -> list[date]:
-        return [np.datetime64(t, "D").astype(object) for t in self.data.coords["time"].values]
+    def data(self) -> xr.DataArray:
+        """The labelled ``(time, band, y, x)`` view (shares memory with :attr:`array`)."""
+        if self._data is None:
+            self._data = xr.DataArray(
+                self.array,
+                dims=("time", "band", "y", "x"),
+                coords={
+                    "time": np.array([np.datetime64(d, "ns") for d in self.dates]),
+                    "band": list(self.bands),
+                    "y": self.grid.ys(),
+                    "x": self.grid.xs(),
+                },
+                attrs={"crs": self.grid.crs, "transform": tuple(self.grid.transform)[:6]},
+            )
+        return self._data
 
     @property
     def day_of_year(self) -> np.ndarray:
@@ -75,8 +107,17 @@ class Observation:
 
     def values(self, bands: Sequence[str] | None = None) -> np.ndarray:
         """float32 array ``(time, band, y, x)``, in `bands` order when given."""
-        arr = self.data if bands is None else self.data.sel(band=list(bands))
-        return np.asarray(arr.values, dtype=np.float32)
+        if bands is None or tuple(bands) == self.bands:
+            return self.array
+        try:
+            idx = [self.bands.index(b) for b in bands]
+        except ValueError as exc:
+            raise KeyError(f"the observation has bands {list(self.bands)}, not all of {list(bands)}") from exc
+        return self.array[:, idx]
+
+    def __repr__(self) -> str:
+        t, c, h, w = self.array.shape
+        return f"<Observation {t}×{c}×{h}×{w} in {self.grid.crs} bands={','.join(self.bands)}>"
 
 
 def make_observation(
@@ -89,25 +130,8 @@ def make_observation(
     meta: dict[str, Any] | None = None,
 ) -> Observation:
     """Build an Observation from plain arrays ``(T, C, H, W)`` and ``(T, H, W)`` on `grid`."""
-    t, c, h, w = values.shape
-    if (h, w) != (grid.height, grid.width) or c != len(bands) or t != len(dates):
-        raise ValueError(
-            f"array {values.shape} does not match grid {grid.height}×{grid.width}, "
-            f"{len(bands)} bands and {len(dates)} dates"
-        )
-    data = xr.DataArray(
-        np.ascontiguousarray(values, dtype=np.float32),
-        dims=("time", "band", "y", "x"),
-        coords={
-            "time": np.array([np.datetime64(d, "ns") for d in dates]),
-            "band": list(bands),
-            "y": grid.ys(),
-            "x": grid.xs(),
-        },
-        attrs={"crs": grid.crs, "transform": tuple(grid.transform)[:6]},
-    )
-    mask = roi if roi is not None else np.ones((h, w), dtype=bool)
-    return Observation(data, np.asarray(valid, dtype=bool), mask, grid, dict(meta or {}))
+    mask = roi if roi is not None else np.ones(values.shape[-2:], dtype=bool)
+    return Observation(values, bands, dates, valid, mask, grid, meta)
 
 
 class Provider(ABC):

@@ -327,7 +327,7 @@ class LocalProvider(Provider):
     def fetch(self, request: FetchRequest) -> Observation:
         sensor, grid, temporal = request.sensor, request.grid, request.temporal
         bands = list(sensor.bands or S2_BANDS)
-        place = request.spatial.shape("EPSG:4326")
+        place = shapely.geometry.box(*transform_bounds(grid.crs, "EPSG:4326", *grid.bounds, densify_pts=5))
         over = [s for s in self.scenes if s.footprint.intersects(place)]
         if not over:
             b = ", ".join(f"{v:.5f}" for v in place.bounds)

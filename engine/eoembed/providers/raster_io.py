@@ -6,6 +6,7 @@ Only the part of a file that the grid needs is read (for a COG over HTTP: range 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 import rasterio
@@ -19,8 +20,14 @@ from ..grid import GridSpec
 _ALIGN_TOL = 1e-6  # in pixels
 
 
+@lru_cache(maxsize=256)
+def parse_grid_crs(crs: str) -> CRS:
+    """rasterio CRS of a grid's CRS text (memoised: parsing WKT costs more than a small read)."""
+    return CRS.from_user_input(crs)
+
+
 def _same_crs(src: rasterio.io.DatasetReader, crs: str) -> bool:
-    return src.crs is not None and src.crs == CRS.from_user_input(crs)
+    return src.crs is not None and src.crs == parse_grid_crs(crs)
 
 
 def aligned_offset(src: rasterio.io.DatasetReader, grid: GridSpec) -> tuple[int, int] | None:
@@ -100,7 +107,7 @@ def _read_warped(src, indexes, grid, resampling, nd):
         src_crs=src.crs,
         src_nodata=np.nan,
         dst_transform=grid.transform,
-        dst_crs=CRS.from_user_input(grid.crs),
+        dst_crs=parse_grid_crs(grid.crs),
         dst_nodata=np.nan,
         resampling=resampling,
     )

@@ -1,0 +1,202 @@
+"""The ``eoembed`` command line: list and describe models, embed vector files, run the demo.
+
+Bad input ends with exit code 2 and one sentence on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import EoembedError, SpecError
+
+EXIT_BAD_INPUT = 2
+
+
+def _temporal(args: argparse.Namespace):
+    from .specs import TemporalSpec
+
+    if args.year is not None and (args.start or args.end):
+        raise SpecError("give either --year or --start/--end, not both")
+    if args.year is not None:
+        return TemporalSpec.year(args.year)
+    if args.start or args.end:
+        if not (args.start and args.end):
+            raise SpecError("--start and --end go together (end is exclusive), e.g. --start 2022-06-01 --end 2022-09-01")
+        return TemporalSpec.range(args.start, args.end)
+    return None
+
+
+def _source(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    if args.source == "local":
+        if not args.imagery:
+            raise SpecError("--imagery PATH is needed with the local source (GeoTIFF/VRT files or folders)")
+        return "local", {"paths": args.imagery}
+    opts: dict[str, Any] = {}
+    if args.source == "stac" and args.stac_url:
+        opts["url"] = args.stac_url
+    if args.source == "gee" and args.ee_project:
+        opts["project"] = args.ee_project
+    return args.source, opts
+
+
+def _safe_name(text: str) -> str:
+    """A file-name-safe version of a feature id."""
+    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text)).strip("._")
+    return (keep or "item")[:120]
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .api import describe_model, list_models
+
+    if args.json:
+        print(json.dumps({m: describe_model(m).to_dict() for m in list_models()}, indent=2, default=str))
+        return 0
+    for m in list_models():
+        card = describe_model(m)
+        print(f"{m:28s} {card.family:10s} dim={card.dim:<5d} {'/'.join(card.outputs):12s} {card.summary}")
+    return 0
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    from .api import describe_model
+
+    card = describe_model(args.model).to_dict()
+    if args.json:
+        print(json.dumps(card, indent=2, default=str))
+        return 0
+    width = max(len(k) for k in card)
+    for k, v in card.items():
+        if isinstance(v, dict):
+            v = ", ".join(f"{a}={b}" for a, b in v.items())
+        elif isinstance(v, list):
+            v = ", ".join(map(str, v))
+        print(f"{k:>{width}}: {v}")
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .api import get_embeddings_batch
+    from .export import write_geoparquet, write_geotiff
+    from .features import read_places
+    from .specs import OutputSpec
+
+    places = read_places(args.input, id_field=args.id_field, buffer_m=args.buffer)
+    temporal = _temporal(args)
+    source, options = _source(args)
+    output = OutputSpec.grid() if args.output == "grid" else OutputSpec.pooled(args.pooling)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    vectors, done = [], []
+    step = max(1, args.chunk_size)
+    with tqdm(total=len(places), unit="place", disable=args.quiet or not sys.stderr.isatty()) as bar:
+        for i in range(0, len(places), step):
+            chunk = places[i : i + step]
+            res = get_embeddings_batch(
+                args.model, [p.spatial for p in chunk], temporal, output=output, source=source,
+                source_options=options, device=args.device, weights=args.weights,
+            )
+            for p, e in zip(chunk, res):
+                if output.mode == "grid":
+                    write_geotiff(e, out / f"{_safe_name(p.id)}.tif")
+                else:
+                    vectors.append(e.to_numpy())
+                done.append((p, e.meta))
+            bar.update(len(chunk))
+    if output.mode == "pooled":
+        import numpy as np
+
+        meta = {"model": args.model, "window": done[0][1].get("window"), "meta": done[0][1]}
+        path = write_geoparquet(
+            out / f"{_safe_name(args.model)}_pooled.parquet", [p.id for p, _ in done],
+            [p.geometry for p, _ in done], np.stack(vectors), places[0].crs, model=args.model, meta=meta,
+        )
+        print(f"wrote {len(done)} embeddings of {vectors[0].shape[0]} dims to {path}")
+    else:
+        print(f"wrote {len(done)} grid GeoTIFFs to {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), model=args.model)
+    return 0
+
+
+def _add_place_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", "-i", required=True, help="vector file of places (GeoJSON, GeoPackage, Shapefile; any CRS)")
+    p.add_argument("--id-field", help="attribute holding each feature's id (default: row number)")
+    p.add_argument("--buffer", type=float, default=320.0, help="half-side in metres of the square around points (default 320)")
+    p.add_argument("--source", choices=("local", "stac", "gee"), default="local", help="imagery source (default local)")
+    p.add_argument("--imagery", nargs="+", help="local imagery: GeoTIFF/COG/VRT files or folders")
+    p.add_argument("--stac-url", help="STAC API: 'earth-search', 'planetary-computer' or a URL")
+    p.add_argument("--ee-project", help="Google Cloud project for Earth Engine (default: $EE_PROJECT)")
+    p.add_argument("--year", type=int, help="calendar year to composite")
+    p.add_argument("--start", help="window start, ISO date (included)")
+    p.add_argument("--end", help="window end, ISO date (excluded)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
+    p.add_argument("--weights", help="checkpoint override: hf:<repo>[@rev] or a local path")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eoembed", description="Embeddings from remote-sensing foundation models.")
+    parser.add_argument("--version", action="version", version=f"eoembed {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the models")
+    p.add_argument("--json", action="store_true", help="full model cards as JSON")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("describe", help="what a model needs and gives (loads no weights)")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_describe)
+
+    p = sub.add_parser("embed", help="embed every feature of a vector file")
+    p.add_argument("--model", "-m", default="rcf", help="model id (default rcf; see `eoembed models`)")
+    _add_place_options(p)
+    p.add_argument("--output", choices=("pooled", "grid"), default="pooled", help="one vector per place, or a grid GeoTIFF")
+    p.add_argument("--pooling", choices=("mean", "max"), default="mean")
+    p.add_argument("--out", "-o", required=True, help="output folder")
+    p.add_argument("--chunk-size", type=int, default=64, help="places fetched and embedded together (default 64)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("demo", help="embed the bundled real Sentinel-2 demo patches offline")
+    p.add_argument("--out", "-o", default="demo_out", help="output folder (default demo_out)")
+    p.add_argument("--model", default="rcf", help="model id (default rcf, needs no download)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``eoembed`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EoembedError as exc:
+        print(f"eoembed: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("eoembed: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug or os.environ.get("EOEMBED_DEBUG"):
+            raise
+        print(f"eoembed: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,564 @@
+"""Sentinel-2 L2A from STAC APIs: search a catalogue, then read only the window of each COG a place needs.
+
+Presets: ``"earth-search"`` (Element 84, the default) and ``"planetary-computer"`` (Microsoft,
+asset URLs signed with a short-lived SAS token); any other STAC API URL works when its items
+carry one COG asset per band (asset keys or ``eo:bands`` names/common names).
+
+What real catalogues do and how it is handled:
+
+* **BOA offset** — L2A products of processing baseline ≥ 04.00 (from 2022-01-25) carry
+  +1000 in their digital numbers. Items whose ``earthsearch:boa_offset_applied`` is true were
+  already harmonised by the catalogue; otherwise an item with ``s2:processing_baseline`` ≥ 4
+  gets 1000 subtracted, so that values are reflectance × 10000 everywhere. What was removed is
+  listed in ``meta["boa_offset_removed"]``.
+* **10/20/60 m assets** — each asset is read at its own resolution and resampled onto the
+  place's grid (bilinear for reflectance, nearest for the scene classification).
+* **Several UTM zones** — every asset is warped to the grid's CRS; items of one acquisition
+  (same datatake) are merged into one scene before compositing, so overlapping tiles are
+  not counted twice by the median.
+* **Clouds** — the ``SCL`` band masks no-data, saturated, cloud-shadow, cloud and cirrus pixels.
+* **Transient failures** — searches and token requests are retried with exponential backoff
+  and jitter (HTTP 429/5xx and connection errors); COG range requests are retried by GDAL with
+  the same budget. Signed URLs and tokens never appear in errors or meta.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import numpy as np
+import rasterio
+import shapely.geometry
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
+
+from ..errors import ProviderError, SpecError
+from ..grid import GridSpec, roi_mask
+from ..sensors import S2_BANDS, normalize_band
+from ..specs import SensorSpec, TemporalSpec
+from .base import FetchRequest, Observation, Provider, make_observation
+from .composite import composite, frame_series
+from .local import SCL_INVALID
+from .raster_io import read_to_grid
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Named catalogues: STAC API root, Sentinel-2 L2A collection id and how asset URLs are signed.
+PRESETS: dict[str, dict[str, Any]] = {
+    "earth-search": {
+        "url": "https://earth-search.aws.element84.com/v1",
+        "collection": "sentinel-2-l2a",
+        "signing": None,
+    },
+    "planetary-computer": {
+        "url": "https://planetarycomputer.microsoft.com/api/stac/v1",
+        "collection": "sentinel-2-l2a",
+        "signing": "planetary-computer",
+        "sas_url": "https://planetarycomputer.microsoft.com/api/sas/v1",
+    },
+}
+_TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
+# Earth Search asset keys that the generic band aliases do not cover.
+_EXTRA_KEYS = {"nir09": "B09", "wvp": None, "aot": None, "visual": None, "tci": None}
+_COG_TYPES = ("image/tiff", "image/vnd.stac.geotiff")
+
+
+def redact(text: str) -> str:
+    """`text` without URL query strings, SAS signatures, tokens or bearer credentials."""
+    text = re.sub(r"(https?://[^\s?'\"<>]+)\?[^\s'\"<>]*", r"\1?<redacted>", str(text))
+    text = re.sub(r"(?i)(sig|token|se|st|sv|sp|skoid|sktid|key|access_token)=[^&\s'\"]+", r"\1=<redacted>", text)
+    return re.sub(r"(?i)bearer\s+[\w.\-~+/]+=*", "Bearer <redacted>", text)
+
+
+@dataclass
+class StacItem:
+    """What the provider keeps of one STAC item: band hrefs (unsigned), date, cloud, offset."""
+
+    id: str
+    when: datetime
+    cloud_pct: float | None
+    boa_offset: float
+    hrefs: dict[str, str]
+    scl: str | None
+    acquisition: str
+    footprint: shapely.Geometry | None = None
+    properties: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def date(self) -> date:
+        return self.when.date()
+
+
+def _parse_datetime(text: str) -> datetime:
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def boa_offset_for(properties: dict[str, Any]) -> float:
+    """The digital-number offset to subtract from an L2A item's pixels (0 or 1000)."""
+    for key in ("earthsearch:boa_offset_applied", "sentinel:boa_offset_applied"):
+        if properties.get(key) is True:
+            return 0.0  # the catalogue already harmonised the COGs
+    pb = properties.get("s2:processing_baseline") or properties.get("sentinel:processing_baseline")
+    try:
+        return 1000.0 if pb is not None and float(pb) >= 4.0 else 0.0
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _asset_band(key: str, asset: dict[str, Any]) -> str | None:
+    """Canonical band of a COG asset, from its key or its ``eo:bands`` / ``bands`` entries."""
+    href = str(asset.get("href", ""))
+    mtype = str(asset.get("type", ""))
+    if not (any(mtype.startswith(t) for t in _COG_TYPES) or urlparse(href).path.lower().endswith((".tif", ".tiff"))):
+        return None
+    names = [key]
+    for entry in (asset.get("eo:bands") or []) + (asset.get("bands") or []):
+        if isinstance(entry, dict):
+            names += [entry.get("name"), entry.get("common_name"), entry.get("eo:common_name")]
+    for name in names:
+        if not name:
+            continue
+        low = str(name).lower()
+        if low in _EXTRA_KEYS:
+            if _EXTRA_KEYS[low]:
+                return _EXTRA_KEYS[low]
+            return None
+        try:
+            return normalize_band(str(name))
+        except SpecError:
+            continue
+    return None
+
+
+def parse_item(item: dict[str, Any]) -> StacItem | None:
+    """A :class:`StacItem` from a STAC item dict, or None when it has no datetime or COG bands."""
+    props = item.get("properties") or {}
+    when = props.get("datetime") or props.get("start_datetime")
+    if not when:
+        return None
+    hrefs: dict[str, str] = {}
+    exact: set[str] = set()
+    for key, asset in (item.get("assets") or {}).items():
+        band = _asset_band(key, asset)
+        if band is None:
+            continue
+        is_exact = key.upper() == band or key.lower() in ("scl",)
+        if band not in hrefs or (is_exact and band not in exact):
+            hrefs[band] = asset["href"]
+            if is_exact:
+                exact.add(band)
+    scl = hrefs.pop("SCL", None)
+    if not hrefs:
+        return None
+    cloud = props.get("eo:cloud_cover", props.get("s2:cloudy_pixel_percentage"))
+    dt = _parse_datetime(str(when))
+    acq = props.get("s2:datatake_id") or f"{props.get('platform', '')}|{dt.strftime('%Y%m%dT%H%M')}"
+    footprint = None
+    if item.get("geometry"):
+        try:
+            footprint = shapely.geometry.shape(item["geometry"])
+        except Exception:  # a malformed footprint only loses the pre-filter
+            footprint = None
+    return StacItem(
+        id=str(item.get("id")),
+        when=dt,
+        cloud_pct=float(cloud) if cloud is not None else None,
+        boa_offset=boa_offset_for(props),
+        hrefs=hrefs,
+        scl=scl,
+        acquisition=str(acq),
+        footprint=footprint,
+        properties={k: props[k] for k in ("platform", "s2:processing_baseline", "s2:mgrs_tile", "proj:epsg") if k in props},
+    )
+
+
+def _status_of(exc: BaseException) -> int | None:
+    status = getattr(exc, "status_code", None)
+    if status is None:
+        resp = getattr(exc, "response", None)
+        status = getattr(resp, "status_code", None)
+    return int(status) if status is not None else None
+
+
+def _is_transient(exc: BaseException) -> bool:
+    import requests
+    from pystac_client.exceptions import APIError
+
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+        return True
+    if isinstance(exc, requests.HTTPError):
+        return _status_of(exc) in _TRANSIENT_STATUS
+    if isinstance(exc, APIError):
+        status = _status_of(exc)
+        # pystac-client wraps connection failures in an APIError without a status
+        return status is None or status in _TRANSIENT_STATUS
+    return False
+
+
+class StacProvider(Provider):
+    """Sentinel-2 L2A from a STAC API, read as windows of cloud-optimised GeoTIFFs.
+
+    `url`: ``None``/``"earth-search"``, ``"planetary-computer"`` or a STAC API root URL.
+    `collection`: the L2A collection id (default from the preset, else ``"sentinel-2-l2a"``).
+    `max_items`: most items composited per composite window (least cloudy first).
+    `retries`, `backoff`: retries of transient HTTP failures and the first delay in seconds
+    (doubled each time, with ±50 % jitter). `timeout`: seconds per HTTP request.
+    `workers`: assets read in parallel. `signing`: ``"planetary-computer"`` to sign asset URLs
+    with SAS tokens from `sas_url` (set by the preset), None for public COGs.
+    """
+
+    name = "stac"
+
+    def __init__(
+        self,
+        url: str | None = None,
+        collection: str | None = None,
+        *,
+        max_items: int = 32,
+        retries: int = 3,
+        timeout: float = 30.0,
+        workers: int = 8,
+        backoff: float = 0.5,
+        signing: str | None = "auto",
+        sas_url: str | None = None,
+        cloud_mask: bool = True,
+        resampling: str = "bilinear",
+        search_limit: int = 1000,
+    ) -> None:
+        preset = PRESETS.get(url or "earth-search")
+        if preset is None:
+            if not isinstance(url, str) or urlparse(url).scheme not in ("http", "https", "file"):
+                raise SpecError(
+                    f"url={url!r} is not a STAC API; give 'earth-search', 'planetary-computer' or an http(s) URL"
+                )
+            preset = {"url": url.rstrip("/"), "collection": "sentinel-2-l2a", "signing": None}
+        for name, value, lo in (("max_items", max_items, 1), ("retries", retries, 0), ("workers", workers, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise SpecError(f"{name}={value!r} must be a whole number ≥ {lo}")
+        if not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise SpecError(f"timeout={timeout!r} must be a positive number of seconds")
+        if not (isinstance(backoff, (int, float)) and backoff >= 0):
+            raise SpecError(f"backoff={backoff!r} must be a number of seconds ≥ 0")
+        if signing == "auto":
+            signing = preset.get("signing")
+        if signing not in (None, "planetary-computer"):
+            raise SpecError(f"signing={signing!r} must be None or 'planetary-computer'")
+        try:
+            self.resampling = Resampling[resampling]
+        except KeyError as exc:
+            raise SpecError(f"resampling={resampling!r} must be one of nearest, bilinear, cubic, average") from exc
+        self.url: str = preset["url"]
+        self.collection = collection or preset["collection"]
+        self.signing = signing
+        self.sas_url = (sas_url or preset.get("sas_url") or PRESETS["planetary-computer"]["sas_url"]).rstrip("/")
+        self.max_items = max_items
+        self.retries = retries
+        self.timeout = float(timeout)
+        self.workers = workers
+        self.backoff = float(backoff)
+        self.cloud_mask = cloud_mask
+        self.search_limit = search_limit
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._token: tuple[str, float] | None = None  # (SAS token, expiry as time.time())
+        self.counters = {"searches": 0, "search_retries": 0, "assets_read": 0}
+
+    # -- HTTP helpers -----------------------------------------------------------------------
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).netloc or self.url
+
+    def _retry(self, what: str, call: Callable[[], T]) -> T:
+        """`call()` with bounded retries of transient failures (exponential backoff + jitter)."""
+        for attempt in range(self.retries + 1):
+            try:
+                return call()
+            except Exception as exc:
+                if attempt >= self.retries or not _is_transient(exc):
+                    raise
+                delay = min(self.backoff * 2**attempt * random.uniform(0.5, 1.5), 60.0)
+                self.counters["search_retries"] += 1
+                log.info("%s failed (%s); retry %d of %d in %.2f s", what, _describe_http_error(exc),
+                         attempt + 1, self.retries, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _open_client(self) -> Any:
+        with self._lock:
+            if self._client is not None:
+                return self._client
+            try:
+                from pystac_client import Client
+                from pystac_client.stac_api_io import StacApiIO
+            except ImportError as exc:
+                raise ProviderError(
+                    "source='stac' needs pystac-client; install it with: pip install 'eoembed[stac]'"
+                ) from exc
+            io = StacApiIO(timeout=self.timeout, max_retries=None)
+            try:
+                self._client = self._retry(f"opening {self.host}", lambda: Client.open(self.url, stac_io=io))
+            except Exception as exc:
+                raise ProviderError(
+                    f"could not open the STAC API at {self.host} ({_describe_http_error(exc)}); check the URL "
+                    "and your connection, or try again later"
+                ) from None
+            return self._client
+
+    def _sas_token(self) -> str:
+        import requests
+
+        with self._lock:
+            if self._token and self._token[1] - time.time() > 300:
+                return self._token[0]
+            endpoint = f"{self.sas_url}/token/{self.collection}"
+
+            def get() -> dict[str, Any]:
+                resp = requests.get(endpoint, timeout=self.timeout)
+                resp.raise_for_status()
+                return resp.json()
+
+            try:
+                body = self._retry("requesting a SAS token", get)
+            except Exception as exc:
+                raise ProviderError(
+                    f"could not get a token to read {self.collection} assets from {urlparse(self.sas_url).netloc} "
+                    f"({_describe_http_error(exc)}); try again later"
+                ) from None
+            token = str(body.get("token", "")).lstrip("?")
+            expiry = time.time() + 3600
+            if body.get("msft:expiry"):
+                with contextlib.suppress(ValueError):
+                    expiry = _parse_datetime(str(body["msft:expiry"])).timestamp()
+            self._token = (token, expiry)
+            return token
+
+    def sign(self, href: str) -> str:
+        """The URL GDAL opens for an asset href (signed when the catalogue needs it)."""
+        if self.signing != "planetary-computer" or not href.startswith(("http://", "https://")):
+            return href
+        return f"{href}{'&' if '?' in href else '?'}{self._sas_token()}"
+
+    def _gdal_env(self) -> dict[str, Any]:
+        return {
+            "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+            "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
+            "GDAL_HTTP_MAX_RETRY": str(self.retries),
+            "GDAL_HTTP_RETRY_DELAY": str(max(self.backoff, 0.001)),
+            "GDAL_HTTP_TIMEOUT": str(max(1, int(round(self.timeout)))),
+            "GDAL_HTTP_CONNECTTIMEOUT": str(max(1, int(round(self.timeout)))),
+            "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+            "AWS_NO_SIGN_REQUEST": "YES",
+            "CPL_CURL_VERBOSE": "NO",
+        }
+
+    # -- search -----------------------------------------------------------------------------
+    def search(self, spatial: Any, temporal: TemporalSpec, sensor: SensorSpec) -> list[StacItem]:
+        """Items of the collection over `spatial` in `temporal` with cloud cover ≤ ``cloudy_pct``."""
+        client = self._open_client()
+        place = spatial.shape("EPSG:4326")
+        last = datetime.combine(temporal.end, datetime.min.time()) - timedelta(milliseconds=1)
+        window = f"{temporal.start.isoformat()}T00:00:00Z/{last.strftime('%Y-%m-%dT%H:%M:%S.%f')[:-3]}Z"
+        kwargs: dict[str, Any] = {
+            "collections": [self.collection],
+            "intersects": shapely.geometry.mapping(place),
+            "datetime": window,
+            "max_items": self.search_limit,
+            "limit": 100,
+        }
+        from pystac_client.conformance import ConformanceClasses
+
+        if client.conforms_to(ConformanceClasses.QUERY):
+            kwargs["query"] = {"eo:cloud_cover": {"lte": sensor.cloudy_pct}}
+
+        def run() -> list[dict[str, Any]]:
+            self.counters["searches"] += 1
+            return list(client.search(**kwargs).items_as_dicts())
+
+        try:
+            raw = self._retry(f"searching {self.host}", run)
+        except Exception as exc:
+            raise ProviderError(
+                f"the STAC search at {self.host} failed ({_describe_http_error(exc)}) after "
+                f"{self.retries + 1} attempts; try again later or raise retries="
+            ) from None
+        items = []
+        for d in raw:
+            it = parse_item(d)
+            if it is None or not temporal.contains(it.date):
+                continue
+            if it.cloud_pct is not None and it.cloud_pct > sensor.cloudy_pct:
+                continue
+            if it.footprint is not None and not it.footprint.intersects(place):
+                continue
+            items.append(it)
+        items.sort(key=lambda i: (i.when, i.id))
+        return items
+
+    def _choose(self, items: list[StacItem], windows: Sequence[TemporalSpec]) -> list[StacItem]:
+        """At most `max_items` acquisitions per window, least cloudy first, in date order."""
+        chosen: dict[str, StacItem] = {}
+        for win in windows:
+            inside = [i for i in items if win.contains(i.date)]
+            by_acq: dict[str, list[StacItem]] = {}
+            for it in inside:
+                by_acq.setdefault(it.acquisition, []).append(it)
+            ranked = sorted(by_acq.values(), key=lambda g: (min(_cloud(i) for i in g), g[0].when))
+            for group in ranked[: self.max_items]:
+                for it in group:
+                    chosen[it.id] = it
+        return sorted(chosen.values(), key=lambda i: (i.when, i.id))
+
+    # -- reading ----------------------------------------------------------------------------
+    def _read_asset(self, item: StacItem, band: str, href: str, grid: GridSpec,
+                    resampling: Resampling) -> tuple[np.ndarray, np.ndarray]:
+        url = self.sign(href)
+
+        def read() -> tuple[np.ndarray, np.ndarray]:
+            with rasterio.Env(**self._gdal_env()), rasterio.open(url) as src:
+                vals, ok = read_to_grid(src, [1], grid, resampling, 0.0 if band != "SCL" else None)
+                return vals[0], ok
+
+        try:
+            out = read()
+        except RasterioIOError as exc:
+            raise ProviderError(
+                f"could not read band {band} of STAC item {item.id} from {urlparse(href).netloc or 'its file'} "
+                f"({redact(str(exc))}); the asset may be unavailable, try again later"
+            ) from None
+        self.counters["assets_read"] += 1
+        return out
+
+    def fetch(self, request: FetchRequest) -> Observation:
+        sensor, grid, temporal = request.sensor, request.grid, request.temporal
+        bands = list(sensor.bands or [b for b in S2_BANDS if b not in ("B10", "SCL")])
+        found = self.search(request.spatial, temporal, sensor)
+        if not found:
+            raise ProviderError(
+                f"no {self.collection} items at {self.host} intersect the place between {temporal.start} and "
+                f"{temporal.end} (end excluded) with cloud cover ≤ {sensor.cloudy_pct:g}%; widen the time "
+                "window or raise cloudy_pct"
+            )
+        have = [i for i in found if all(b in i.hrefs for b in bands)]
+        if not have:
+            missing = sorted({b for b in bands for i in found if b not in i.hrefs})
+            raise ProviderError(
+                f"the {self.collection} items at {self.host} have no asset for band {', '.join(missing)} "
+                f"(they have {', '.join(sorted(found[0].hrefs))}); choose a model or bands the collection provides"
+            )
+        windows = request.frames.windows(temporal) if request.frames is not None else [temporal]
+        items = self._choose(have, windows)
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="eoembed-stac") as pool:
+            per_item = self._read_all(items, bands, grid, pool)
+        # merge the tiles of one acquisition (several MGRS tiles / UTM zones) into one scene
+        scenes: dict[str, list[int]] = {}
+        for k, it in enumerate(items):
+            scenes.setdefault(it.acquisition, []).append(k)
+        stack, valid, when, scene_ids = [], [], [], []
+        for idx in scenes.values():
+            vals = np.zeros_like(per_item[idx[0]][0])
+            ok = np.zeros_like(per_item[idx[0]][1])
+            for k in sorted(idx, key=lambda k: (_cloud(items[k]), items[k].id)):
+                v, m = per_item[k]
+                take = m & ~ok
+                vals[:, take] = v[:, take]
+                ok |= take
+            stack.append(vals)
+            valid.append(ok)
+            when.append(items[idx[0]].date)
+            scene_ids.append([items[k].id for k in idx])
+        order = sorted(range(len(stack)), key=lambda s: (when[s], scene_ids[s]))
+        stack_a = np.stack([stack[s] for s in order])
+        valid_a = np.stack([valid[s] for s in order])
+        when = [when[s] for s in order]
+        meta: dict[str, Any] = {
+            "provider": self.name,
+            "url": self.url,
+            "collection": self.collection,
+            "items": [it.id for it in items],
+            "scenes": [scene_ids[s] for s in order],
+            "dates": [d.isoformat() for d in when],
+            "cloud_cover": {it.id: it.cloud_pct for it in items},
+            "window": temporal.key(),
+            "cloudy_pct": sensor.cloudy_pct,
+            "composite": sensor.composite,
+            "cloud_mask": "SCL" if self.cloud_mask and any(it.scl for it in items) else None,
+            "items_found": len(found),
+            "assets_read": sum(len(bands) + (1 if self.cloud_mask and it.scl else 0) for it in items),
+            "http_retries": self.counters["search_retries"],
+        }
+        offsets = {it.id: it.boa_offset for it in items if it.boa_offset}
+        meta["boa_offset_removed"] = offsets
+        if request.frames is None:
+            values, ok = composite(stack_a, valid_a, when, sensor.composite, sensor.fill_value)
+            values, ok = values[None], ok[None]
+            frame_dates = [temporal.midpoint if len(when) > 1 else when[0]]
+        else:
+            fr = frame_series(stack_a, valid_a, when, temporal, request.frames, sensor.composite, sensor.fill_value)
+            values, ok, frame_dates = fr.values, fr.valid, fr.dates
+            meta["frames"] = fr.meta
+            meta["empty_frames"] = request.frames.empty
+        coverage = float(ok.any(axis=0).mean()) if ok.size else 0.0
+        if coverage == 0.0:
+            raise ProviderError(
+                f"{len(items)} {self.collection} items at {self.host} cover the place in {temporal.key()} but "
+                "none has a clear pixel there (clouds or no data); widen the window or raise cloudy_pct"
+            )
+        meta["coverage"] = round(coverage, 6)
+        meta["partial"] = coverage < 1.0
+        if meta["partial"]:
+            meta["fill_value"] = sensor.fill_value
+        return make_observation(values, ok, grid, bands, frame_dates, roi_mask(request.spatial, grid), meta)
+
+    def _read_all(self, items: list[StacItem], bands: list[str], grid: GridSpec,
+                  pool: ThreadPoolExecutor) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Read every item: assets are submitted to `pool` and gathered per item in order."""
+        jobs = []
+        for it in items:
+            futs = [pool.submit(self._read_asset, it, b, it.hrefs[b], grid, self.resampling) for b in bands]
+            scl = (pool.submit(self._read_asset, it, "SCL", it.scl, grid, Resampling.nearest)
+                   if self.cloud_mask and it.scl else None)
+            jobs.append((it, futs, scl))
+        out = []
+        for it, futs, scl in jobs:
+            vals = np.zeros((len(bands), grid.height, grid.width), np.float32)
+            valid = np.ones((grid.height, grid.width), bool)
+            for j, f in enumerate(futs):
+                v, ok = f.result()
+                vals[j] = v
+                valid &= ok
+            if scl is not None:
+                s, ok = scl.result()
+                valid &= ok & ~np.isin(s.astype(np.int64), SCL_INVALID)
+            if it.boa_offset:
+                vals -= np.float32(it.boa_offset)
+            vals[:, ~valid] = 0.0
+            out.append((vals, valid))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"provider": self.name, "url": self.url, "collection": self.collection, "signing": self.signing}
+
+
+def _cloud(item: StacItem) -> float:
+    return item.cloud_pct if item.cloud_pct is not None else 100.0
+
+
+def _describe_http_error(exc: BaseException) -> str:
+    status = _status_of(exc)
+    text = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    if len(text) > 160:
+        text = text[:157] + "..."
+    return f"HTTP {status}: {text}" if status else text
