@@ -85,7 +85,7 @@ def get_embedding(
     ...               source="scenes/", output=OutputSpec.grid())
     """
     return get_embeddings_batch(
-        model, [spatial], temporal, sensor=sensor, output=output, source=source,
+        model, [_check_spatial(spatial)], temporal, sensor=sensor, output=output, source=source,
         source_options=source_options, frames=frames, prep=prep, device=device, weights=weights,
         model_config=model_config,
     )[0]
@@ -150,10 +150,49 @@ def embed_text(
     return emb.embed_text(items)
 
 
+def export_batch(
+    places: Any,
+    temporal: TemporalSpec | None,
+    models: Any,
+    out: str | Path,
+    *,
+    outputs: Any = "pooled",
+    source: str | Path | Provider = "local",
+    source_options: dict[str, Any] | None = None,
+    chunk_size: int = 256,
+    workers: int = 4,
+    executor: str = "thread",
+    scheduler: Any = None,
+    retries: int = 2,
+    continue_on_error: bool = True,
+    progress: Any = None,
+    **options: Any,
+) -> Any:
+    """Embed many places (a vector file, spatial specs or ``{id: spec}``) with several models and
+    write the results under `out`: fast, fault-tolerant and resumable; ``executor="dask"`` spreads
+    chunks over a ``dask.distributed`` cluster. Returns an :class:`~eoembed.pipeline.ExportSummary`.
+
+    >>> export_batch("fields.gpkg", TemporalSpec.year(2022), ["rcf", "galileo-nano"], "out/",
+    ...              outputs="both", source="scenes/", progress=lambda d, t, info: print(d, t))
+
+    Further keywords (sensor, frames, prep, device, weights, model_config, id_field, buffer_m,
+    backoff, should_stop, stack) are those of :func:`eoembed.pipeline.run_export`.
+    """
+    from .pipeline import run_export
+
+    return run_export(
+        places, temporal or ALL_TIME, models, out, outputs=outputs, source=source,
+        source_options=source_options, chunk_size=chunk_size, workers=workers, executor=executor,
+        scheduler=scheduler, retries=retries, continue_on_error=continue_on_error, progress=progress,
+        **options,
+    )
+
+
 __all__ = [
     "ALL_TIME",
     "describe_model",
     "embed_text",
+    "export_batch",
     "get_embedding",
     "get_embeddings_batch",
     "list_models",

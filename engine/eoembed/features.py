@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyogrio
+import pyogrio.raw
 import shapely
 
 from .errors import SpecError
@@ -43,7 +43,7 @@ def read_places(
     if not p.exists():
         raise SpecError(f"vector file {str(p)!r} does not exist")
     try:
-        meta, _fids, wkb, fields = pyogrio.read(p, layer=layer)
+        meta, _fids, wkb, fields = pyogrio.raw.read(p, layer=layer)
     except Exception as exc:  # pyogrio raises DataSourceError, DataLayerError, ...
         raise SpecError(f"could not read {p.name} as a vector file ({exc})") from exc
     if not meta.get("crs"):

@@ -16,7 +16,6 @@ from typing import Any, Literal
 
 import shapely
 import shapely.geometry
-import shapely.ops
 from pyproj import CRS, Geod, Transformer
 from pyproj.exceptions import CRSError
 
@@ -118,7 +117,7 @@ class SpatialSpec:
         if target == self.crs_obj:
             return geom
         tr = Transformer.from_crs(self.crs_obj, target, always_xy=True)
-        return shapely.ops.transform(tr.transform, _densify(geom))
+        return _reproject(tr, _densify(geom))
 
     def area_km2(self) -> float:
         """Geodesic area of the footprint in square kilometres."""
@@ -142,6 +141,11 @@ class SpatialSpec:
                 f"{type(self).__name__} covers {area:,.0f} km², more than the {MAX_AREA_KM2:,.0f} km² "
                 "one request may cover; split it into smaller areas and embed them as a batch"
             )
+
+
+def _reproject(tr: Transformer, geom: shapely.Geometry) -> shapely.Geometry:
+    """`geom` with every vertex passed through the transformer `tr` (2D)."""
+    return shapely.transform(geom, lambda x, y: tr.transform(x, y), interleaved=False)
 
 
 def _densify(geom: shapely.Geometry, parts: int = 16) -> shapely.Geometry:
@@ -235,7 +239,7 @@ class PointBuffer(SpatialSpec):
         if wc == self.crs_obj:
             return square
         tr = Transformer.from_crs(wc, self.crs_obj, always_xy=True)
-        return shapely.ops.transform(tr.transform, _densify(square))
+        return _reproject(tr, _densify(square))
 
     def shape(self, crs: Any | None = None) -> shapely.Geometry:
         if crs is not None and parse_crs(crs) == self.working_crs:

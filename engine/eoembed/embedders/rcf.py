@@ -148,7 +148,10 @@ class RCFEmbedder(Embedder):
         """
         k, c, n = self.kernel_size, len(self.bands), self.features // 2
         x = self._standardise(self.input_tensor(observations, self.bands), self._valid(observations))
-        patches = F.unfold(x, k).transpose(1, 2).reshape(-1, c * k * k)  # (B*L, c*k*k)
+        if min(x.shape[-2:]) >= k:
+            patches = F.unfold(x, k).transpose(1, 2).reshape(-1, c * k * k)  # (B*L, c*k*k)
+        else:  # an image smaller than the kernel holds no whole patch
+            patches = x.new_zeros((0, c * k * k))
         if patches.shape[0] < n:
             raise ModelError(
                 f"RCF empirical mode needs at least {n} patches of {k}×{k} px to fit, the imagery gives "
