@@ -9,10 +9,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.errors import NotGeoreferencedWarning
 
 from .analysis import pca_rgb
 from .api import get_embeddings_batch
@@ -46,9 +48,26 @@ def demo_imagery() -> Path:
     if not stamp.exists():
         target.mkdir(parents=True, exist_ok=True)
         with tarfile.open(archive, "r:bz2") as tar:
-            tar.extractall(target, filter="data")  # refuses absolute paths and links out of target
+            tar.extractall(target, members=_safe_members(tar, target))
         stamp.write_text(str(archive.stat().st_size))
     return folder
+
+
+def _safe_members(tar: tarfile.TarFile, target: Path) -> list[tarfile.TarInfo]:
+    """Regular files and folders that stay inside `target` (no links, devices or ../ escapes)."""
+    root = target.resolve()
+    members = []
+    for m in tar.getmembers():
+        dest = (root / m.name).resolve()
+        if not (m.isfile() or m.isdir()) or (dest != root and root not in dest.parents):
+            raise SpecError(f"{ARCHIVE} holds an unsafe entry {m.name!r}; reinstall bigearthnet-common")
+        members.append(m)
+    return members
+
+
+def _labels(labels: list[str], width: int = 34) -> str:
+    text = "; ".join(labels)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _stretch(rgb: np.ndarray) -> np.ndarray:
@@ -61,14 +80,11 @@ def _stretch(rgb: np.ndarray) -> np.ndarray:
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        mem = rasterio.MemoryFile()
-        with mem.open(driver="GTiff", width=rgb.shape[2], height=rgb.shape[1], count=3, dtype="uint8") as ds:
-            ds.write(rgb)
-            with rasterio.open(tmp, "w", driver="PNG", width=rgb.shape[2], height=rgb.shape[1], count=3,
-                               dtype="uint8") as png:
-                png.write(ds.read())
-        mem.close()
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a preview has no place
+        with rasterio.open(tmp, "w", driver="PNG", width=rgb.shape[2], height=rgb.shape[1], count=3,
+                           dtype="uint8") as png:
+            png.write(rgb)
 
 
 def run_demo(out: Path, model: str = "rcf") -> dict:
@@ -106,19 +122,24 @@ def run_demo(out: Path, model: str = "rcf") -> dict:
     preview = out / "preview.png"
     _write_png(preview, sheet)
 
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    # Similarity of features centred on the places' mean: RCF features are all positive, so raw
+    # cosines crowd near 1; centring shows which places are alike relative to the others.
+    centred = vectors - vectors.mean(axis=0)
+    unit = centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
     sim = unit @ unit.T
     labels = {pid: scenes[pid].meta.get("labels", []) for pid in scenes}
+    short = {p.id: "_".join(p.id.split("_")[-2:]) if not p.id.endswith("_field") else "_".join(p.id.split("_")[-3:]) for p in places}
     print(f"eoembed demo — model {model}, {len(places)} places on {len(scenes)} real Sentinel-2 L2A patches (BigEarthNet)")
     print(f"  pooled embeddings ({vectors.shape[1]} dims): {parquet}")
-    print(f"  grid GeoTIFFs: {out / 'grids'} ({len(tiles)} files, {grids[0].data.shape[1]}×{grids[0].data.shape[2]} cells of {grids[0].grid.res[0]:g} m)")
-    print(f"  preview (true colour | PCA-RGB of the grid): {preview}")
-    print("  most alike place for each place (cosine similarity), with BigEarthNet land-cover labels:")
+    cells = grids[0].data.shape
+    print(f"  grid GeoTIFFs: {out / 'grids'} ({len(tiles)} files, {cells[1]}×{cells[2]} cells of {grids[0].grid.res[0]:g} m)")
+    print(f"  preview (true colour | PCA-RGB of the grid, one row per patch): {preview}")
+    print("  most alike place for each place (centred cosine similarity) and BigEarthNet labels:")
     for i, p in enumerate(places):
         j = int(np.argsort(sim[i])[-2])
-        pid = p.id.removesuffix("_field")
-        other = places[j].id.removesuffix("_field")
-        print(f"    {p.id[-12:]:>12} ~ {places[j].id[-12:]:<12} {sim[i, j]:.3f}  [{'; '.join(labels.get(pid, [])[:2])}] ~ [{'; '.join(labels.get(other, [])[:2])}]")
+        mine = labels.get(p.id.removesuffix("_field"), [])
+        theirs = labels.get(places[j].id.removesuffix("_field"), [])
+        print(f"    {short[p.id]:>11} ~ {short[places[j].id]:<11} {sim[i, j]:+.2f}   {_labels(mine)}  ~  {_labels(theirs)}")
     return {"pooled": parquet, "grids": tiles, "preview": preview, "similarity": sim}
 
 

@@ -1,0 +1,151 @@
+"""EoembedPlugin: the toolbar action "Embed selected features", its menu, settings and tasks."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from qgis.core import QgsApplication, QgsMapLayer, QgsVectorLayer
+from qgis.PyQt.QtWidgets import QAction, QDialog
+
+from . import messages, settings
+from .job import build_job, estimate, suitability
+from .runner import RunnerError
+from .task import EmbedTask
+
+MENU = "&eoembed"
+ACTION_TEXT = "Embed selected features"
+
+
+class EoembedPlugin:
+    """The plugin object QGIS holds: actions, their enabled state, and the running tasks."""
+
+    def __init__(self, iface: Any) -> None:
+        self.iface = iface
+        self.action: QAction | None = None
+        self.settings_action: QAction | None = None
+        self.tasks: list[EmbedTask] = []
+        self._watched: QgsVectorLayer | None = None
+        self.provider = None
+
+    # -- life cycle ---------------------------------------------------------------------
+    def initProcessing(self) -> None:  # noqa: N802 - QGIS's name
+        """Register the Processing provider when the processing package is present (once)."""
+        if self.provider is not None:
+            return
+        try:
+            from .processing.provider import EoembedProvider  # type: ignore[import-not-found]
+        except ImportError:
+            return
+        self.provider = EoembedProvider()
+        QgsApplication.processingRegistry().addProvider(self.provider)
+
+    def initGui(self) -> None:  # noqa: N802
+        parent = self.iface.mainWindow()
+        self.action = QAction(ACTION_TEXT, parent)
+        self.action.setObjectName("eoembedEmbedSelected")
+        self.action.triggered.connect(self.run)
+        self.iface.addToolBarIcon(self.action)
+        self.iface.addPluginToMenu(MENU, self.action)
+        self.settings_action = QAction("Settings and diagnostics…", parent)
+        self.settings_action.triggered.connect(self.open_settings)
+        self.iface.addPluginToMenu(MENU, self.settings_action)
+        self.iface.currentLayerChanged.connect(self._layer_changed)
+        self._layer_changed(self.iface.activeLayer())
+        self.initProcessing()
+
+    def unload(self) -> None:
+        for t in list(self.tasks):
+            t.cancel()
+        self._watch(None)
+        with contextlib.suppress(TypeError, RuntimeError):
+            self.iface.currentLayerChanged.disconnect(self._layer_changed)
+        for a in (self.action, self.settings_action):
+            if a is not None:
+                self.iface.removePluginMenu(MENU, a)
+        if self.action is not None:
+            self.iface.removeToolBarIcon(self.action)
+        if self.provider is not None:
+            QgsApplication.processingRegistry().removeProvider(self.provider)
+            self.provider = None
+
+    # -- enabled state ------------------------------------------------------------------
+    def _watch(self, layer: QgsMapLayer | None) -> None:
+        if self._watched is not None:
+            with contextlib.suppress(TypeError, RuntimeError):
+                self._watched.selectionChanged.disconnect(self.update_action)
+        self._watched = layer if isinstance(layer, QgsVectorLayer) else None
+        if self._watched is not None:
+            self._watched.selectionChanged.connect(self.update_action)
+
+    def _layer_changed(self, layer: Any = None) -> None:
+        self._watch(self.iface.activeLayer())
+        self.update_action()
+
+    def update_action(self, *_args: Any) -> None:
+        """Enable the action when the active layer has selected points or polygons; say why not."""
+        if self.action is None:
+            return
+        why = suitability(self.iface.activeLayer())
+        self.action.setEnabled(why is None)
+        self.action.setToolTip(f"{ACTION_TEXT}: {why}" if why else
+                               f"{ACTION_TEXT} ({self.iface.activeLayer().selectedFeatureCount()} selected)")
+
+    # -- actions ------------------------------------------------------------------------
+    def open_settings(self) -> None:
+        settings.SettingsDialog(self.iface.mainWindow()).exec_()
+
+    def run(self) -> None:
+        """Open the dialog for the active layer's selection and start the job."""
+        layer = self.iface.activeLayer()
+        why = suitability(layer)
+        if why is not None:
+            messages.info(self.iface, why)
+            return
+        from .dialog import EmbedDialog, model_cards
+
+        try:
+            cards = model_cards()
+        except RunnerError as exc:
+            python = settings.engine_python()
+            messages.error(
+                self.iface,
+                f"The eoembed engine is not usable from {python}: run `{settings.fix_hint(python)}` "
+                "or choose its Python in eoembed ▸ Settings and diagnostics.",
+                f"{exc}\n{exc.details}",
+            )
+            return
+        dlg = EmbedDialog(layer, self.iface.mainWindow(), cards=cards)
+        if dlg.exec_() != QDialog.Accepted:
+            return
+        self.start_job(layer, dlg.options(), cards=cards)
+
+    def start_job(self, layer: QgsVectorLayer, options: dict[str, Any], *, confirm: bool = True,
+                  cards: dict[str, Any] | None = None, python: str | None = None) -> EmbedTask | None:
+        """Snapshot the selection, estimate, confirm when big, and queue an EmbedTask."""
+        from .dialog import confirm_big_job
+
+        try:
+            job = build_job(layer, options)
+        except (ValueError, KeyError) as exc:
+            messages.error(self.iface, f"the job could not be built: {exc}")
+            return None
+        if not job["places"]:
+            messages.info(self.iface, "the selected features have no geometry; nothing to embed")
+            return None
+        if job["source"].get("kind") == "local" and not job["source"].get("paths"):
+            messages.error(self.iface, "no imagery chosen: add raster layers to the project or pick local files")
+            return None
+        scale = float((cards or {}).get(job["model"], {}).get("scale_m", 10.0) or 10.0)
+        if confirm and not confirm_big_job(self.iface.mainWindow(), estimate(layer, job, scale)):
+            return None
+        task = EmbedTask(job, self.iface, python or settings.engine_python(), settings.worker_extra_env(),
+                         on_done=self._task_done)
+        self.tasks.append(task)
+        QgsApplication.taskManager().addTask(task)
+        messages.log(f"started {task.description()} → {job['out_dir']}")
+        return task
+
+    def _task_done(self, task: EmbedTask) -> None:
+        if task in self.tasks:
+            self.tasks.remove(task)

@@ -1,0 +1,140 @@
+"""Fixtures for the plugin tests (real QGIS, headless): imagery, project layers, the plugin."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO / ".." / "shared"
+TILES = SHARED / "data" / "s2_l2a_tiles"
+sys.path.insert(0, str(REPO / "qgis_plugin"))
+os.environ.setdefault("EOEMBED_PYTHON", sys.executable)
+
+from qgis.core import (  # noqa: E402
+    QgsApplication,
+    QgsFeature,
+    QgsGeometry,
+    QgsProject,
+    QgsRasterLayer,
+    QgsSettings,
+    QgsVectorLayer,
+)
+
+#: two real tiles in different UTM zones (agriculture 32632, mixed 32718)
+TILE_NAMES = ("637U_59R_1_3", "433D_629L_3_1")
+
+
+def _demo_tile(path: Path, crs: str, left: float, top: float, seed: int) -> Path:
+    """A 12-band int16 S2-like stack (224×224 at 10 m) with smooth structure, for when ../shared is absent."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:224, 0:224] / 224.0
+    bands = []
+    for b in range(12):
+        field = 1500 + 800 * np.sin(6 * xx + b) * np.cos(4 * yy - b) + rng.normal(0, 50, (224, 224))
+        bands.append(field)
+    data = np.clip(np.stack(bands), 1, 10000).astype(np.int16)
+    with rasterio.open(path, "w", driver="GTiff", width=224, height=224, count=12, dtype="int16",
+                       crs=crs, transform=from_origin(left, top, 10.0, 10.0)) as dst:
+        dst.write(data)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tile_paths(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Real S2 L2A tiles from ../shared when present, else generated demo stacks.
+
+    EOEMBED_TEST_DEMO=1 forces the demo stacks (to test the fallback where ../shared exists).
+    """
+    real = [TILES / f"{n}.tif" for n in TILE_NAMES]
+    if all(p.is_file() for p in real) and not os.environ.get("EOEMBED_TEST_DEMO"):
+        return real
+    d = tmp_path_factory.mktemp("demo_tiles")
+    return [_demo_tile(d / "demo_32632.tif", "EPSG:32632", 549890.0, 6344080.0, 0),
+            _demo_tile(d / "demo_32718.tif", "EPSG:32718", 717730.0, 5700090.0, 1)]
+
+
+@pytest.fixture
+def project_rasters(tile_paths: list[Path], qgis_new_project: QgsProject) -> list[QgsRasterLayer]:
+    """The tiles as raster layers of a fresh project."""
+    layers = []
+    for p in tile_paths:
+        lyr = QgsRasterLayer(str(p), p.stem, "gdal")
+        assert lyr.isValid(), p
+        QgsProject.instance().addMapLayer(lyr)
+        layers.append(lyr)
+    return layers
+
+
+def memory_layer(kind: str, crs: str, wkts: list[str], name: str = "sites",
+                 names: list[str] | None = None) -> QgsVectorLayer:
+    """A memory layer of `kind` ('Point', 'Polygon', 'LineString') with a 'name' field."""
+    layer = QgsVectorLayer(f"{kind}?crs={crs}&field=name:string", name, "memory")
+    feats = []
+    for i, wkt in enumerate(wkts):
+        f = QgsFeature(layer.fields())
+        f.setGeometry(QgsGeometry.fromWkt(wkt))
+        f["name"] = (names or [f"site{i}" for i in range(len(wkts))])[i]
+        feats.append(f)
+    layer.dataProvider().addFeatures(feats)
+    layer.updateExtents()
+    return layer
+
+
+def wait_for(task: Any, timeout: float = 60.0) -> float:
+    """Process events until the EmbedTask's finished() ran; returns the seconds it took.
+
+    QGIS deletes a task after finished(), so tests read its Python attributes (outcome, error,
+    layers), never its C++ methods, afterwards.
+    """
+    t0 = time.monotonic()
+    while task.outcome is None:
+        QgsApplication.processEvents()
+        time.sleep(0.01)
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"task still running after {timeout} s")
+    took = time.monotonic() - t0
+    QgsApplication.processEvents()
+    return took
+
+
+@pytest.fixture
+def clean_settings() -> None:
+    """Forget the plugin's settings before and after a test."""
+    QgsSettings().remove("eoembed")
+    yield
+    QgsSettings().remove("eoembed")
+
+
+@pytest.fixture
+def plugin(qgis_iface, clean_settings):
+    """The plugin, initialised against pytest-qgis's iface."""
+    from eoembed_qgis.plugin import EoembedPlugin
+
+    qgis_iface.messageBar().clear_messages()
+    p = EoembedPlugin(qgis_iface)
+    p.initGui()
+    yield p
+    p.unload()
+
+
+def process_alive(pid: int) -> bool:
+    """True when `pid` is a live (not zombie) process."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
