@@ -27,6 +27,7 @@ class EoembedPlugin:
         self.tasks: list[EmbedTask] = []
         self._watched: QgsVectorLayer | None = None
         self.provider = None
+        self.analysis: Any = None
 
     # -- life cycle ---------------------------------------------------------------------
     def initProcessing(self) -> None:  # noqa: N802 - QGIS's name
@@ -52,6 +53,9 @@ class EoembedPlugin:
         self.iface.addPluginToMenu(MENU, self.settings_action)
         self.iface.currentLayerChanged.connect(self._layer_changed)
         self._layer_changed(self.iface.activeLayer())
+        from .analysis_tools import add_analysis_actions
+
+        self.analysis = add_analysis_actions(self.iface, None, MENU)
         self.initProcessing()
 
     def unload(self) -> None:
@@ -65,6 +69,9 @@ class EoembedPlugin:
                 self.iface.removePluginMenu(MENU, a)
         if self.action is not None:
             self.iface.removeToolBarIcon(self.action)
+        if self.analysis is not None:
+            self.analysis.unload()
+            self.analysis = None
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
