@@ -13,6 +13,18 @@ from .base import Embedder, ModelCard
 _MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "rcf": ("rcf", "RCFEmbedder", {"mode": "gaussian"}),
     "rcf-empirical": ("rcf", "RCFEmbedder", {"mode": "empirical"}),
+    "remoteclip": ("remoteclip", "RemoteCLIPEmbedder", {"arch": "vit-b-32"}),
+    "remoteclip-vit-b-32": ("remoteclip", "RemoteCLIPEmbedder", {"arch": "vit-b-32"}),
+    "remoteclip-vit-l-14": ("remoteclip", "RemoteCLIPEmbedder", {"arch": "vit-l-14"}),
+    "remoteclip-rn50": ("remoteclip", "RemoteCLIPEmbedder", {"arch": "rn50"}),
+    "llama3-ms-clip-base": ("msclip", "MSCLIPEmbedder", {}),
+    "remotesam": ("remotesam", "RemoteSAMEmbedder", {}),
+    "anysat": ("anysat", "AnySatEmbedder", {}),
+    "galileo": ("galileo", "GalileoEmbedder", {}),
+    "galileo-nano": ("galileo", "GalileoEmbedder", {"size": "nano"}),
+    "galileo-tiny": ("galileo", "GalileoEmbedder", {"size": "tiny"}),
+    "galileo-base": ("galileo", "GalileoEmbedder", {"size": "base"}),
+    "presto": ("presto", "PrestoEmbedder", {}),
 }
 
 # The one piece of global state: built embedders, keyed by (model, device, weights, config).
