@@ -17,9 +17,12 @@ What real catalogues do and how it is handled:
   (same datatake) are merged into one scene before compositing, so overlapping tiles are
   not counted twice by the median.
 * **Clouds** — the ``SCL`` band masks no-data, saturated, cloud-shadow, cloud and cirrus pixels.
-* **Transient failures** — searches and token requests are retried with exponential backoff
-  and jitter (HTTP 429/5xx and connection errors); COG range requests are retried by GDAL with
-  the same budget. Signed URLs and tokens never appear in errors or meta.
+* **Transient failures** — searches, token requests and COG reads are retried with
+  exponential backoff and jitter (HTTP 408/429/5xx and connection errors), `retries` times at
+  most; GDAL's own HTTP retries and its cache of failed URLs are switched off for these reads,
+  so that one policy applies and a failure is never replayed from a cache.
+* **Secrets** — signed URLs and tokens never appear in errors or meta, and the loggers of
+  rasterio and pystac-client (which log dataset URLs) get a redacting filter.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from .base import FetchRequest, Observation, Provider, make_observation
 from .composite import composite, frame_series
 from .local import SCL_INVALID
 from .raster_io import read_to_grid
+from .redact import install_log_redaction, redact
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -73,13 +77,11 @@ _TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
 # Earth Search asset keys that the generic band aliases do not cover.
 _EXTRA_KEYS = {"nir09": "B09", "wvp": None, "aot": None, "visual": None, "tci": None}
 _COG_TYPES = ("image/tiff", "image/vnd.stac.geotiff")
-
-
-def redact(text: str) -> str:
-    """`text` without URL query strings, SAS signatures, tokens or bearer credentials."""
-    text = re.sub(r"(https?://[^\s?'\"<>]+)\?[^\s'\"<>]*", r"\1?<redacted>", str(text))
-    text = re.sub(r"(?i)(sig|token|se|st|sv|sp|skoid|sktid|key|access_token)=[^&\s'\"]+", r"\1=<redacted>", text)
-    return re.sub(r"(?i)bearer\s+[\w.\-~+/]+=*", "Bearer <redacted>", text)
+_GDAL_TRANSIENT = re.compile(
+    r"HTTP response code: (408|429|5\d\d)|timed out|Timeout|Connection (refused|reset|closed)|"
+    r"Couldn't connect|Could not resolve|SSL|Recv failure|Send failure|transfer closed",
+    re.IGNORECASE,
+)
 
 
 @dataclass
@@ -102,7 +104,12 @@ class StacItem:
 
 
 def _parse_datetime(text: str) -> datetime:
-    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    """An RFC 3339 timestamp (any number of fractional digits; Z or an offset) in UTC."""
+    text = re.sub(r"(\.\d{1,6})\d*", r"\1", text.strip()).replace("Z", "+00:00").replace("z", "+00:00")
+    m = re.match(r"^(.*T\d{2}:\d{2}:\d{2})\.(\d{1,6})(.*)$", text)
+    if m:  # Python 3.10 accepts only 3 or 6 fractional digits
+        text = f"{m[1]}.{m[2].ljust(6, '0')}{m[3]}"
+    dt = datetime.fromisoformat(text)
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
@@ -164,7 +171,10 @@ def parse_item(item: dict[str, Any]) -> StacItem | None:
     if not hrefs:
         return None
     cloud = props.get("eo:cloud_cover", props.get("s2:cloudy_pixel_percentage"))
-    dt = _parse_datetime(str(when))
+    try:
+        dt = _parse_datetime(str(when))
+    except ValueError:
+        return None
     acq = props.get("s2:datatake_id") or f"{props.get('platform', '')}|{dt.strftime('%Y%m%dT%H%M')}"
     footprint = None
     if item.get("geometry"):
@@ -199,6 +209,8 @@ def _is_transient(exc: BaseException) -> bool:
 
     if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
         return True
+    if isinstance(exc, RasterioIOError):
+        return bool(_GDAL_TRANSIENT.search(str(exc)))
     if isinstance(exc, requests.HTTPError):
         return _status_of(exc) in _TRANSIENT_STATUS
     if isinstance(exc, APIError):
@@ -211,6 +223,11 @@ def _is_transient(exc: BaseException) -> bool:
 class StacProvider(Provider):
     """Sentinel-2 L2A from a STAC API, read as windows of cloud-optimised GeoTIFFs.
 
+    Searches follow the STAC API item-search specification
+    (https://github.com/radiantearth/stac-api-spec), with the query extension for cloud
+    cover when the API offers it; pixels come from the items' COG assets by HTTP range
+    requests (GDAL ``/vsicurl/``), each asset read only over the window the place needs.
+
     `url`: ``None``/``"earth-search"``, ``"planetary-computer"`` or a STAC API root URL.
     `collection`: the L2A collection id (default from the preset, else ``"sentinel-2-l2a"``).
     `max_items`: most items composited per composite window (least cloudy first).
@@ -218,6 +235,9 @@ class StacProvider(Provider):
     (doubled each time, with ±50 % jitter). `timeout`: seconds per HTTP request.
     `workers`: assets read in parallel. `signing`: ``"planetary-computer"`` to sign asset URLs
     with SAS tokens from `sas_url` (set by the preset), None for public COGs.
+    `cloud_mask`: mask clouds with the items' ``SCL`` asset. `resampling`: how reflectance
+    assets meet the grid when they do not share its pixels. `search_limit`: most items one
+    search returns.
     """
 
     name = "stac"
@@ -271,17 +291,17 @@ class StacProvider(Provider):
         self.backoff = float(backoff)
         self.cloud_mask = cloud_mask
         self.search_limit = search_limit
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._client: Any = None
         self._token: tuple[str, float] | None = None  # (SAS token, expiry as time.time())
-        self.counters = {"searches": 0, "search_retries": 0, "assets_read": 0}
+        install_log_redaction("rasterio", "pystac_client")
 
     # -- HTTP helpers -----------------------------------------------------------------------
     @property
     def host(self) -> str:
         return urlparse(self.url).netloc or self.url
 
-    def _retry(self, what: str, call: Callable[[], T]) -> T:
+    def _retry(self, what: str, call: Callable[[], T], stats: dict[str, int] | None = None) -> T:
         """`call()` with bounded retries of transient failures (exponential backoff + jitter)."""
         for attempt in range(self.retries + 1):
             try:
@@ -290,7 +310,9 @@ class StacProvider(Provider):
                 if attempt >= self.retries or not _is_transient(exc):
                     raise
                 delay = min(self.backoff * 2**attempt * random.uniform(0.5, 1.5), 60.0)
-                self.counters["search_retries"] += 1
+                if stats is not None:
+                    with self._lock:
+                        stats["http_retries"] = stats.get("http_retries", 0) + 1
                 log.info("%s failed (%s); retry %d of %d in %.2f s", what, _describe_http_error(exc),
                          attempt + 1, self.retries, delay)
                 time.sleep(delay)
@@ -355,8 +377,10 @@ class StacProvider(Provider):
         return {
             "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
             "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
-            "GDAL_HTTP_MAX_RETRY": str(self.retries),
-            "GDAL_HTTP_RETRY_DELAY": str(max(self.backoff, 0.001)),
+            # retries are ours (see _retry); GDAL must neither retry nor cache a failed URL,
+            # or a later attempt in this process would be answered from its cache
+            "GDAL_HTTP_MAX_RETRY": "0",
+            "CPL_VSIL_CURL_NON_CACHED": "/vsicurl/",
             "GDAL_HTTP_TIMEOUT": str(max(1, int(round(self.timeout)))),
             "GDAL_HTTP_CONNECTTIMEOUT": str(max(1, int(round(self.timeout)))),
             "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
@@ -365,7 +389,8 @@ class StacProvider(Provider):
         }
 
     # -- search -----------------------------------------------------------------------------
-    def search(self, spatial: Any, temporal: TemporalSpec, sensor: SensorSpec) -> list[StacItem]:
+    def search(self, spatial: Any, temporal: TemporalSpec, sensor: SensorSpec,
+               stats: dict[str, int] | None = None) -> list[StacItem]:
         """Items of the collection over `spatial` in `temporal` with cloud cover ≤ ``cloudy_pct``."""
         client = self._open_client()
         place = spatial.shape("EPSG:4326")
@@ -382,17 +407,14 @@ class StacProvider(Provider):
 
         if client.conforms_to(ConformanceClasses.QUERY):
             kwargs["query"] = {"eo:cloud_cover": {"lte": sensor.cloudy_pct}}
-
-        def run() -> list[dict[str, Any]]:
-            self.counters["searches"] += 1
-            return list(client.search(**kwargs).items_as_dicts())
-
         try:
-            raw = self._retry(f"searching {self.host}", run)
+            raw = self._retry(f"searching {self.host}",
+                              lambda: list(client.search(**kwargs).items_as_dicts()), stats)
         except Exception as exc:
+            tries = f" after {self.retries + 1} attempts" if _is_transient(exc) else ""
             raise ProviderError(
-                f"the STAC search at {self.host} failed ({_describe_http_error(exc)}) after "
-                f"{self.retries + 1} attempts; try again later or raise retries="
+                f"the STAC search at {self.host} failed ({_describe_http_error(exc)}){tries}; check the "
+                "collection and try again later, or raise retries="
             ) from None
         items = []
         for d in raw:
@@ -411,10 +433,10 @@ class StacProvider(Provider):
         """At most `max_items` acquisitions per window, least cloudy first, in date order."""
         chosen: dict[str, StacItem] = {}
         for win in windows:
-            inside = [i for i in items if win.contains(i.date)]
             by_acq: dict[str, list[StacItem]] = {}
-            for it in inside:
-                by_acq.setdefault(it.acquisition, []).append(it)
+            for it in items:
+                if win.contains(it.date):
+                    by_acq.setdefault(it.acquisition, []).append(it)
             ranked = sorted(by_acq.values(), key=lambda g: (min(_cloud(i) for i in g), g[0].when))
             for group in ranked[: self.max_items]:
                 for it in group:
@@ -422,29 +444,70 @@ class StacProvider(Provider):
         return sorted(chosen.values(), key=lambda i: (i.when, i.id))
 
     # -- reading ----------------------------------------------------------------------------
-    def _read_asset(self, item: StacItem, band: str, href: str, grid: GridSpec,
-                    resampling: Resampling) -> tuple[np.ndarray, np.ndarray]:
-        url = self.sign(href)
+    def read_asset(self, href: str, grid: GridSpec, resampling: Resampling, nodata: float | None,
+                   stats: dict[str, int] | None = None, what: str = "asset") -> tuple[np.ndarray, np.ndarray]:
+        """Band 1 of the COG at `href` on `grid` (only the window the grid needs): values, validity."""
 
         def read() -> tuple[np.ndarray, np.ndarray]:
-            with rasterio.Env(**self._gdal_env()), rasterio.open(url) as src:
-                vals, ok = read_to_grid(src, [1], grid, resampling, 0.0 if band != "SCL" else None)
+            with rasterio.Env(**self._gdal_env()), rasterio.open(self.sign(href)) as src:
+                vals, ok = read_to_grid(src, [1], grid, resampling, nodata)
                 return vals[0], ok
 
         try:
-            out = read()
+            try:
+                return self._retry(f"reading {what}", read, stats)
+            except RasterioIOError as exc:
+                if self.signing is None or "response code: 403" not in str(exc):
+                    raise
+                with self._lock:  # a refused signature: the token may have expired early
+                    self._token = None
+                return self._retry(f"reading {what}", read, stats)
         except RasterioIOError as exc:
+            tries = f" after {self.retries + 1} attempts" if _is_transient(exc) else ""
             raise ProviderError(
-                f"could not read band {band} of STAC item {item.id} from {urlparse(href).netloc or 'its file'} "
-                f"({redact(str(exc))}); the asset may be unavailable, try again later"
+                f"could not read {what} from {urlparse(href).netloc or 'its file'} ({redact(str(exc))}){tries}; "
+                "the asset may be unavailable, try again later"
             ) from None
-        self.counters["assets_read"] += 1
+
+    def _read_items(self, items: list[StacItem], bands: list[str], grid: GridSpec,
+                    stats: dict[str, int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every item's bands on `grid` (assets read in parallel), cloud-masked, offset removed."""
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="eoembed-stac") as pool:
+            jobs = []
+            for it in items:
+                futs = [
+                    pool.submit(self.read_asset, it.hrefs[b], grid, self.resampling, 0.0, stats,
+                                f"band {b} of item {it.id}")
+                    for b in bands
+                ]
+                scl = None
+                if self.cloud_mask and it.scl:
+                    scl = pool.submit(self.read_asset, it.scl, grid, Resampling.nearest, None, stats,
+                                      f"SCL of item {it.id}")
+                jobs.append((it, futs, scl))
+            out = []
+            for it, futs, scl in jobs:
+                vals = np.zeros((len(bands), grid.height, grid.width), np.float32)
+                valid = np.ones((grid.height, grid.width), bool)
+                for j, f in enumerate(futs):
+                    v, ok = f.result()
+                    vals[j] = v
+                    valid &= ok
+                if scl is not None:
+                    classes, ok = scl.result()
+                    valid &= ok & ~np.isin(classes.astype(np.int64), SCL_INVALID)
+                if it.boa_offset:
+                    vals -= np.float32(it.boa_offset)
+                vals[:, ~valid] = 0.0
+                out.append((vals, valid))
+        stats["assets_read"] = sum(len(bands) + (1 if self.cloud_mask and it.scl else 0) for it in items)
         return out
 
     def fetch(self, request: FetchRequest) -> Observation:
         sensor, grid, temporal = request.sensor, request.grid, request.temporal
         bands = list(sensor.bands or [b for b in S2_BANDS if b not in ("B10", "SCL")])
-        found = self.search(request.spatial, temporal, sensor)
+        stats: dict[str, int] = {"http_retries": 0}
+        found = self.search(request.spatial, temporal, sensor, stats)
         if not found:
             raise ProviderError(
                 f"no {self.collection} items at {self.host} intersect the place between {temporal.start} and "
@@ -460,35 +523,14 @@ class StacProvider(Provider):
             )
         windows = request.frames.windows(temporal) if request.frames is not None else [temporal]
         items = self._choose(have, windows)
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="eoembed-stac") as pool:
-            per_item = self._read_all(items, bands, grid, pool)
-        # merge the tiles of one acquisition (several MGRS tiles / UTM zones) into one scene
-        scenes: dict[str, list[int]] = {}
-        for k, it in enumerate(items):
-            scenes.setdefault(it.acquisition, []).append(k)
-        stack, valid, when, scene_ids = [], [], [], []
-        for idx in scenes.values():
-            vals = np.zeros_like(per_item[idx[0]][0])
-            ok = np.zeros_like(per_item[idx[0]][1])
-            for k in sorted(idx, key=lambda k: (_cloud(items[k]), items[k].id)):
-                v, m = per_item[k]
-                take = m & ~ok
-                vals[:, take] = v[:, take]
-                ok |= take
-            stack.append(vals)
-            valid.append(ok)
-            when.append(items[idx[0]].date)
-            scene_ids.append([items[k].id for k in idx])
-        order = sorted(range(len(stack)), key=lambda s: (when[s], scene_ids[s]))
-        stack_a = np.stack([stack[s] for s in order])
-        valid_a = np.stack([valid[s] for s in order])
-        when = [when[s] for s in order]
+        per_item = self._read_items(items, bands, grid, stats)
+        stack_a, valid_a, when, scene_ids = _merge_acquisitions(items, per_item)
         meta: dict[str, Any] = {
             "provider": self.name,
             "url": self.url,
             "collection": self.collection,
             "items": [it.id for it in items],
-            "scenes": [scene_ids[s] for s in order],
+            "scenes": scene_ids,
             "dates": [d.isoformat() for d in when],
             "cloud_cover": {it.id: it.cloud_pct for it in items},
             "window": temporal.key(),
@@ -496,11 +538,9 @@ class StacProvider(Provider):
             "composite": sensor.composite,
             "cloud_mask": "SCL" if self.cloud_mask and any(it.scl for it in items) else None,
             "items_found": len(found),
-            "assets_read": sum(len(bands) + (1 if self.cloud_mask and it.scl else 0) for it in items),
-            "http_retries": self.counters["search_retries"],
+            "boa_offset_removed": {it.id: it.boa_offset for it in items if it.boa_offset},
+            **stats,
         }
-        offsets = {it.id: it.boa_offset for it in items if it.boa_offset}
-        meta["boa_offset_removed"] = offsets
         if request.frames is None:
             values, ok = composite(stack_a, valid_a, when, sensor.composite, sensor.fill_value)
             values, ok = values[None], ok[None]
@@ -522,34 +562,35 @@ class StacProvider(Provider):
             meta["fill_value"] = sensor.fill_value
         return make_observation(values, ok, grid, bands, frame_dates, roi_mask(request.spatial, grid), meta)
 
-    def _read_all(self, items: list[StacItem], bands: list[str], grid: GridSpec,
-                  pool: ThreadPoolExecutor) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Read every item: assets are submitted to `pool` and gathered per item in order."""
-        jobs = []
-        for it in items:
-            futs = [pool.submit(self._read_asset, it, b, it.hrefs[b], grid, self.resampling) for b in bands]
-            scl = (pool.submit(self._read_asset, it, "SCL", it.scl, grid, Resampling.nearest)
-                   if self.cloud_mask and it.scl else None)
-            jobs.append((it, futs, scl))
-        out = []
-        for it, futs, scl in jobs:
-            vals = np.zeros((len(bands), grid.height, grid.width), np.float32)
-            valid = np.ones((grid.height, grid.width), bool)
-            for j, f in enumerate(futs):
-                v, ok = f.result()
-                vals[j] = v
-                valid &= ok
-            if scl is not None:
-                s, ok = scl.result()
-                valid &= ok & ~np.isin(s.astype(np.int64), SCL_INVALID)
-            if it.boa_offset:
-                vals -= np.float32(it.boa_offset)
-            vals[:, ~valid] = 0.0
-            out.append((vals, valid))
-        return out
-
     def describe(self) -> dict[str, Any]:
         return {"provider": self.name, "url": self.url, "collection": self.collection, "signing": self.signing}
+
+
+def _merge_acquisitions(
+    items: list[StacItem], per_item: list[tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray, list[date], list[list[str]]]:
+    """One layer per acquisition: the tiles of one datatake (several MGRS tiles or UTM zones)
+    are merged, least cloudy first, so that a median does not count a pixel twice."""
+    groups: dict[str, list[int]] = {}
+    for k, it in enumerate(items):
+        groups.setdefault(it.acquisition, []).append(k)
+    layers = []
+    for idx in groups.values():
+        vals = np.zeros_like(per_item[idx[0]][0])
+        ok = np.zeros_like(per_item[idx[0]][1])
+        for k in sorted(idx, key=lambda k: (_cloud(items[k]), items[k].id)):
+            v, m = per_item[k]
+            take = m & ~ok
+            vals[:, take] = v[:, take]
+            ok |= take
+        layers.append((items[idx[0]].date, [items[k].id for k in idx], vals, ok))
+    layers.sort(key=lambda layer: (layer[0], layer[1]))
+    return (
+        np.stack([lay[2] for lay in layers]),
+        np.stack([lay[3] for lay in layers]),
+        [lay[0] for lay in layers],
+        [lay[1] for lay in layers],
+    )
 
 
 def _cloud(item: StacItem) -> float:
