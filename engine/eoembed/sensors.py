@@ -44,6 +44,10 @@ S2_STACK_LAYOUTS: dict[int, tuple[str, ...]] = {
     3: ("B04", "B03", "B02"),
 }
 
+#: Scene classification (SCL) classes that are not clear ground: no data, saturated or defective,
+#: cloud shadow, cloud (medium and high probability) and thin cirrus.
+SCL_INVALID: tuple[int, ...] = (0, 1, 3, 8, 9, 10)
+
 _ALIASES = {
     "blue": "B02", "green": "B03", "red": "B04", "nir": "B08", "nir08": "B8A",
     "rededge1": "B05", "rededge2": "B06", "rededge3": "B07", "swir16": "B11", "swir22": "B12",

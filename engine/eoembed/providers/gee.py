@@ -38,11 +38,10 @@ import numpy as np
 
 from ..errors import ProviderError, SpecError
 from ..grid import GridSpec, roi_mask
-from ..sensors import S2_BANDS
+from ..sensors import S2_BANDS, SCL_INVALID
 from ..specs import FrameSpec, SensorSpec, TemporalSpec
 from .base import FetchRequest, Observation, Provider, make_observation
 from .composite import frame_series
-from .local import SCL_INVALID
 from .redact import install_log_redaction, redact
 
 log = logging.getLogger(__name__)

@@ -42,7 +42,7 @@ from rasterio.warp import transform_bounds
 
 from ..errors import ProviderError, SpecError
 from ..grid import GridSpec, roi_grid, roi_mask
-from ..sensors import S2_BANDS, S2_STACK_LAYOUTS, normalize_band
+from ..sensors import S2_BANDS, S2_STACK_LAYOUTS, SCL_INVALID, normalize_band
 from ..specs import SensorSpec, SpatialSpec, crs_string, parse_crs
 from .base import FetchRequest, Observation, Provider, make_observation
 from .composite import composite, frame_series
@@ -57,8 +57,6 @@ _DATE_PATTERNS = (
 )
 _DATE_TAGS = ("datetime", "DATETIME", "ACQUISITION_DATE", "acquisition_date", "SENSING_TIME", "TIFFTAG_DATETIME")
 _CLOUD_KEYS = ("CLOUDY_PIXEL_PERCENTAGE", "eo:cloud_cover", "cloud_cover", "CLOUD_COVER")
-# SCL classes that are not clear ground: no data, saturated, cloud shadow, clouds, cirrus.
-SCL_INVALID = (0, 1, 3, 8, 9, 10)
 
 
 @dataclass

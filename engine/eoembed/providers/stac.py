@@ -48,11 +48,10 @@ from rasterio.errors import RasterioIOError
 
 from ..errors import ProviderError, SpecError
 from ..grid import GridSpec, roi_mask
-from ..sensors import S2_BANDS, normalize_band
+from ..sensors import S2_BANDS, SCL_INVALID, normalize_band
 from ..specs import SensorSpec, TemporalSpec
 from .base import FetchRequest, Observation, Provider, make_observation
 from .composite import composite, frame_series
-from .local import SCL_INVALID
 from .raster_io import read_to_grid
 from .redact import install_log_redaction, redact
 
