@@ -147,6 +147,63 @@ def _add_place_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="checkpoint override: hf:<repo>[@rev] or a local path")
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .api import export_batch
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models:
+        raise SpecError("--models needs at least one model id, e.g. --models rcf,galileo-nano")
+    if args.weights and len(models) > 1:
+        raise SpecError("--weights applies to one model; give a single --models id with it")
+    for name in ("chunk_size", "workers"):
+        if getattr(args, name) < 1:
+            raise SpecError(f"--{name.replace('_', '-')} must be at least 1")
+    source, options = _source(args)
+    executor, scheduler = ("dask", args.dask) if args.dask else ("thread", None)
+    show = not args.quiet and sys.stderr.isatty()
+    with tqdm(total=0, unit="item", disable=not show, dynamic_ncols=True) as bar:
+
+        def progress(done: int, total: int, info: dict[str, Any]) -> None:
+            if bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+            bar.set_postfix(ok=info.get("ok"), failed=info.get("failed"), skipped=info.get("skipped"), refresh=False)
+
+        summary = export_batch(
+            args.input, _temporal(args), models, args.out, outputs=args.output, source=source,
+            source_options=options, chunk_size=args.chunk_size, workers=args.workers, executor=executor,
+            scheduler=scheduler, retries=args.retries, continue_on_error=not args.no_continue_on_error,
+            progress=progress, device=args.device, weights=args.weights, id_field=args.id_field,
+            buffer_m=args.buffer,
+        )
+    print(summary)
+    for f in summary.failures[:5]:
+        print(f"  failed: {f['id']} × {f['model']} at {f['stage']}: {f['error']}", file=sys.stderr)
+    if summary.failed:
+        print(f"eoembed: {summary.failed} items failed (see {Path(args.out) / 'manifest.jsonl'}); "
+              "rerun the same command to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_export_parser(sub: Any) -> None:
+    p = sub.add_parser("export", help="embed many places with several models: resumable batch export")
+    p.add_argument("--models", "-m", default="rcf", help="comma-separated model ids (default rcf)")
+    _add_place_options(p)
+    p.add_argument("--output", choices=("pooled", "grid", "both"), default="pooled",
+                   help="pooled vectors (GeoParquet + NPZ), grids (GeoTIFF + NetCDF) or both")
+    p.add_argument("--out", "-o", required=True, help="output folder (rerun with the same folder to resume)")
+    p.add_argument("--chunk-size", type=int, default=256, help="places per chunk; bounds memory (default 256)")
+    p.add_argument("--workers", type=int, default=4, help="fetch threads (default 4)")
+    p.add_argument("--dask", metavar="SCHEDULER", help="run on a Dask cluster: a scheduler address, or local:N")
+    p.add_argument("--retries", type=int, default=2, help="retries per item at fetch, inference and write (default 2)")
+    p.add_argument("--no-continue-on-error", action="store_true", help="stop at the first item that fails")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eoembed", description="Embeddings from remote-sensing foundation models.")
     parser.add_argument("--version", action="version", version=f"eoembed {__version__}")
@@ -176,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--model", default="rcf", help="model id (default rcf, needs no download)")
     p.set_defaults(func=cmd_demo)
+    _add_export_parser(sub)
     return parser
 
 
