@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .galileo import Block as GalileoBlock
+
 __all__ = [
     "ADD_BY",
     "BAND_GROUPS",
@@ -159,32 +161,11 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
-class Mlp(nn.Module):
-    """Two-layer perceptron with exact (erf) GELU."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``."""
+class Block(GalileoBlock):
+    """Pre-norm transformer block as Galileo's (same keys), with Presto's fused-qkv attention."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-
-    def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
-        """``x [B, N, D]`` → ``[B, N, D]``; ``key_mask [B, N]`` True where a token is real."""
-        x = x + self.attn(self.norm1(x), key_mask)
-        return x + self.mlp(self.norm2(x))
+        super().__init__(dim, num_heads, mlp_ratio, attention=Attention)
 
 
 @dataclass(frozen=True)
