@@ -9,7 +9,7 @@ import torch
 
 from ..nn.clip import CLIPConfig
 from .base import ModelCard
-from .remoteclip import CLIPEmbedder
+from .clip import CLIPEmbedder
 
 #: Input bands, in the order of the checkpoint's ``visual.conv1`` channels.
 MSCLIP_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
