@@ -359,3 +359,21 @@ def _some(items: Sequence[str]) -> str:
     shown = ", ".join(items[:_SHOWN])
     more = len(items) - _SHOWN
     return f"{shown} (+{more} more)" if more > 0 else shown
+
+
+def choose_source(
+    weights: str | None, weights_file: str | None, default: tuple[str, str]
+) -> tuple[str, str | None]:
+    """(source, file inside it) of a model's checkpoint: `default` unless the user overrides.
+
+    A Hub repository or a folder override keeps the default file name (or `weights_file`);
+    a file override is used as it is.
+    """
+    src, file = default
+    if weights is None:
+        return src, weights_file or file
+    if weights_file:
+        return weights, weights_file
+    if weights.startswith("hf:") or Path(weights).expanduser().is_dir():
+        return weights, file
+    return weights, None

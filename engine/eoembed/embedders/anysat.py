@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -24,7 +23,7 @@ from ..nn.anysat import (
 )
 from ..providers.base import Observation, make_observation
 from ..specs import FrameSpec, OutputSpec
-from ..weights import file_sha256, load_checkpoint, resolve
+from ..weights import choose_source, file_sha256, load_checkpoint, resolve
 from .base import Embedder, ModelCard
 
 #: the published checkpoint
@@ -95,14 +94,7 @@ class AnySatEmbedder(Embedder):
     # -- card -----------------------------------------------------------------------------
     def weights_source(self) -> tuple[str, str | None]:
         """(source, file inside it) that :meth:`_load` resolves."""
-        src, file = DEFAULT_SOURCE
-        if self.weights is None:
-            return src, self.weights_file or file
-        if self.weights_file:
-            return self.weights, self.weights_file
-        if self.weights.startswith("hf:") or Path(self.weights).expanduser().is_dir():
-            return self.weights, file
-        return self.weights, None
+        return choose_source(self.weights, self.weights_file, DEFAULT_SOURCE)
 
     def describe(self) -> ModelCard:
         source, file = self.weights_source()

@@ -4,7 +4,6 @@ their bands, normalisation and checkpoint."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -19,7 +18,7 @@ from ..nn.clip import CLIP, CLIP_CONFIGS, CLIPConfig, build_clip, clip_state_dic
 from ..nn.clip_tokenizer import CLIPTokenizer, load_clip_tokenizer
 from ..providers.base import Observation, make_observation
 from ..specs import OutputSpec
-from ..weights import file_sha256, load_checkpoint, resolve
+from ..weights import choose_source, file_sha256, load_checkpoint, resolve
 from .base import Embedder, ModelCard
 
 #: OpenAI CLIP's RGB normalisation (RemoteCLIP keeps it).
@@ -147,14 +146,7 @@ class CLIPEmbedder(Embedder):
 
     def weights_source(self) -> tuple[str, str | None]:
         """(source, file inside it) that :meth:`_load` resolves."""
-        src, file = self.default_source()
-        if self.weights is None:
-            return src, self.weights_file or file
-        if self.weights_file:
-            return self.weights, self.weights_file
-        if self.weights.startswith("hf:") or Path(self.weights).expanduser().is_dir():
-            return self.weights, file
-        return self.weights, None
+        return choose_source(self.weights, self.weights_file, self.default_source())
 
     # -- weights --------------------------------------------------------------------------------
     def _load(self) -> None:

@@ -23,7 +23,7 @@ from ..nn.remotesam import (
 )
 from ..providers.base import Observation
 from ..specs import OutputSpec
-from ..weights import file_sha256, load_checkpoint, resolve
+from ..weights import choose_source, file_sha256, load_checkpoint, resolve
 from .base import Embedder, ModelCard, pool_feature_maps
 
 #: Sentinel-2 reflectance × 10000 that maps to full brightness (1.0) in the RGB image
@@ -119,14 +119,7 @@ class RemoteSAMEmbedder(Embedder):
     # -- card -----------------------------------------------------------------------------
     def weights_source(self) -> tuple[str, str | None]:
         """(source, file inside it) that :meth:`_load` resolves."""
-        src, file = DEFAULT_SOURCE
-        if self.weights is None:
-            return src, self.weights_file or file
-        if self.weights_file:
-            return self.weights, self.weights_file
-        if self.weights.startswith("hf:") or Path(self.weights).expanduser().is_dir():
-            return self.weights, file
-        return self.weights, None
+        return choose_source(self.weights, self.weights_file, DEFAULT_SOURCE)
 
     def describe(self) -> ModelCard:
         source, file = self.weights_source()
