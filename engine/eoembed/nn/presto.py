@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .galileo import Block as GalileoBlock
+from .galileo import _Table
 
 __all__ = [
     "ADD_BY",
@@ -127,17 +128,6 @@ def months_per_step(month: int | Tensor, batch: int, steps: int,
         raise ValueError(f"month must be an int, [B] or [B, T] = {(batch, steps)}, got "
                          f"{tuple(month.shape)}")
     return month % 12
-
-
-class _Table(nn.Module):
-    """A fixed lookup table kept as a buffer named ``weight`` (the checkpoint's key)."""
-
-    def __init__(self, table: Tensor) -> None:
-        super().__init__()
-        self.register_buffer("weight", table)
-
-    def forward(self, index: Tensor) -> Tensor:
-        return self.weight[index]
 
 
 class Attention(nn.Module):
