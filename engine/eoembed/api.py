@@ -160,7 +160,7 @@ def export_batch(
     source: str | Path | Provider = "local",
     source_options: dict[str, Any] | None = None,
     chunk_size: int = 256,
-    workers: int = 4,
+    workers: int | None = None,
     executor: str = "thread",
     scheduler: Any = None,
     retries: int = 2,
@@ -176,7 +176,8 @@ def export_batch(
     ...              outputs="both", source="scenes/", progress=lambda d, t, info: print(d, t))
 
     Further keywords (sensor, frames, prep, device, weights, model_config, id_field, buffer_m,
-    backoff, should_stop, stack) are those of :func:`eoembed.pipeline.run_export`.
+    backoff, should_stop, stack, torch_threads) are those of :func:`eoembed.pipeline.run_export`;
+    `workers=None` lets the thread budget choose (few for local files, many for remote sources).
     """
     from .pipeline import run_export
 

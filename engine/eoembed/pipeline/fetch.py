@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -84,6 +85,9 @@ def fetch_chunk(
         return res
 
     work = list(groups.values())
+    if len(work) > 1:  # only an optimisation: each fetch still does (and reports) its own work
+        with contextlib.suppress(Exception):
+            provider.prepare([g["req"] for g in work])
     results = pool.map(run, work) if pool is not None and len(work) > 1 else map(run, work)
     for pairs in results:
         out.update(pairs)

@@ -21,10 +21,11 @@ from ..export.manifest import MANIFEST_NAME, Manifest
 from ..features import Place
 from ..providers import Provider, open_provider
 from ..specs import FrameSpec, InputPrep, OutputSpec, SensorSpec, SpatialSpec, TemporalSpec
+from .budget import ThreadBudget, plan_threads, using_torch_threads
 from .consolidate import consolidate_grids, consolidate_pooled
 from .dask_executor import run_dask
 from .inference import ItemResult
-from .plan import ChunkTask, as_outputs, as_places, plan_chunks, plan_models
+from .plan import ChunkTask, ModelJob, as_outputs, as_places, plan_chunks, plan_models
 from .resume import clean_partial_files, done_fingerprints
 from .retry import RetryPolicy
 from .thread_executor import run_threads
@@ -89,7 +90,8 @@ def run_export(
     id_field: str | None = None,
     buffer_m: float = 320.0,
     chunk_size: int = 256,
-    workers: int = 4,
+    workers: int | None = None,
+    torch_threads: int | None = None,
     executor: str = "thread",
     scheduler: Any = None,
     retries: int = 2,
@@ -103,12 +105,15 @@ def run_export(
 
     Layout: ``<out>/<model>/pooled.parquet`` (+ ``pooled.npz``), ``<out>/<model>/grids/<id>.tif``
     and ``<out>/<model>/grids.nc``, ``<out>/manifest.jsonl``, ``<out>/run.json``.
+    `workers` (places fetched at once) and `torch_threads` default to the thread budget of
+    :mod:`.budget`, chosen from the cores this process may use and the provider.
     """
     t0 = time.perf_counter()
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise SpecError(f"chunk_size={chunk_size!r} must be a whole number ≥ 1")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise SpecError(f"workers={workers!r} must be a whole number ≥ 1")
+    for name, value in (("workers", workers), ("torch_threads", torch_threads)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise SpecError(f"{name}={value!r} must be a whole number ≥ 1 (or None: chosen from the cores)")
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 20:
         raise SpecError(f"retries={retries!r} must be a whole number from 0 to 20")
     if executor not in ("thread", "dask"):
@@ -120,6 +125,23 @@ def run_export(
     if executor == "dask" and any(isinstance(j.model, Embedder) for j in jobs):
         raise SpecError("executor='dask' needs model ids (strings), not Embedder instances, so workers can build them")
     provider = open_provider(source, **(source_options or {}))
+    try:
+        return _run(place_list, jobs, provider, temporal, out, t0=t0, source=source, source_options=source_options,
+                    prep=prep, chunk_size=chunk_size, budget=plan_threads(provider, workers, torch_threads),
+                    executor=executor, scheduler=scheduler, policy=policy, continue_on_error=continue_on_error,
+                    progress=progress, should_stop=should_stop, stack=stack)
+    finally:
+        if not isinstance(source, Provider):
+            provider.close()  # opened here: its threads and open files end with the run
+
+
+def _run(
+    place_list: list[Place], jobs: list[ModelJob], provider: Provider, temporal: TemporalSpec, out: str | Path, *,
+    t0: float, source: Any, source_options: dict[str, Any] | None, prep: InputPrep | None, chunk_size: int,
+    budget: ThreadBudget, executor: str, scheduler: Any, policy: RetryPolicy, continue_on_error: bool,
+    progress: ProgressFn | None, should_stop: Callable[[], bool] | None, stack: bool,
+) -> ExportSummary:
+    """The run once everything is resolved: plan, execute, consolidate (see :func:`run_export`)."""
     provider_sig = json.dumps(provider.describe(), sort_keys=True, default=str)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,7 +164,7 @@ def run_export(
         **run_meta, "status": "running", "places": len(place_list), "items": total,
         "models": {j.key: {"outputs": [o.key() for o in j.outputs], "frames": j.frames.key() if j.frames else None}
                    for j in jobs},
-        "executor": executor, "chunk_size": chunk_size, "started": datetime.now(timezone.utc).isoformat(),
+        "executor": executor, "chunk_size": chunk_size, "threads": budget.to_dict(), "started": datetime.now(timezone.utc).isoformat(),
     }
     _write_json(out / RUN_NAME, run_info)
     writer = Writer(out, run_id, place_list, geo_crs, manifest, policy, run_meta)
@@ -163,10 +185,11 @@ def run_export(
     if not tasks:
         pass  # everything is done already: only consolidate
     elif executor == "thread":
-        cancelled = run_threads(tasks, jobs, provider, temporal, prep, policy, workers, chunk_size, handle,
-                                 should_stop)
+        with using_torch_threads(budget.torch):
+            cancelled = run_threads(tasks, jobs, provider, temporal, prep, policy, budget.fetch, chunk_size, handle,
+                                    should_stop)
     else:
-        cancelled = run_dask(tasks, jobs, source, source_options or {}, temporal, prep, policy, workers,
+        cancelled = run_dask(tasks, jobs, source, source_options or {}, temporal, prep, policy, budget.fetch,
                               scheduler, handle, should_stop)
 
     # consolidate
