@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .. import __version__
 from ..embedders.base import Embedder
 from ..errors import EoembedError, ExportError, ModelError, ProviderError, SpecError
@@ -25,8 +27,8 @@ from .budget import ThreadBudget, plan_threads, using_torch_threads
 from .consolidate import consolidate_grids, consolidate_pooled
 from .dask_executor import run_dask
 from .inference import ItemResult
-from .plan import ChunkTask, ModelJob, as_outputs, as_places, plan_chunks, plan_models
-from .resume import clean_partial_files, done_fingerprints
+from .plan import ChunkTask, ModelJob, as_outputs, as_places, plan_chunks, plan_models, plan_wanted
+from .resume import clean_partial_files, latest_ok
 from .retry import RetryPolicy
 from .thread_executor import run_threads
 from .writing import Writer
@@ -147,10 +149,11 @@ def _run(
     out.mkdir(parents=True, exist_ok=True)
     clean_partial_files(out)
     manifest = Manifest(out / MANIFEST_NAME)
-    done = done_fingerprints(out, manifest)
-
-    tasks, wanted, skipped = plan_chunks(place_list, jobs, temporal, prep, provider_sig, done, chunk_size)
-    total = sum(len(v) for v in wanted.values())
+    wanted = plan_wanted(place_list, jobs, temporal, prep, provider_sig)
+    done = latest_ok(manifest, wanted, out)  # ok in the manifest, file still sound
+    total = len(place_list) * len(wanted)
+    skipped = int(sum(int(d.sum()) for d in done.values()))
+    tasks = plan_chunks(place_list, wanted, done, chunk_size)
 
     crs_set = {p.crs for p in place_list}
     geo_crs = crs_set.pop() if len(crs_set) == 1 else "EPSG:4326"
@@ -164,7 +167,8 @@ def _run(
         **run_meta, "status": "running", "places": len(place_list), "items": total,
         "models": {j.key: {"outputs": [o.key() for o in j.outputs], "frames": j.frames.key() if j.frames else None}
                    for j in jobs},
-        "executor": executor, "chunk_size": chunk_size, "threads": budget.to_dict(), "started": datetime.now(timezone.utc).isoformat(),
+        "executor": executor, "chunk_size": chunk_size, "threads": budget.to_dict(),
+        "started": datetime.now(timezone.utc).isoformat(),
     }
     _write_json(out / RUN_NAME, run_info)
     writer = Writer(out, run_id, place_list, geo_crs, manifest, policy, run_meta)
@@ -177,12 +181,12 @@ def _run(
     def handle(task: ChunkTask, results: list[ItemResult]) -> None:
         records = writer.write(task.number, results)
         bad = [r for r in records if r["status"] != "ok"]
-        failures.extend(bad)
+        failures.extend(bad[: max(0, 50 - len(failures))])  # the first 50 for the summary
         state.add(len(records) - len(bad), len(bad), chunk=task.number)
         if bad and not continue_on_error:
             raise _abort(bad[0])
 
-    if not tasks:
+    if skipped == total:
         pass  # everything is done already: only consolidate
     elif executor == "thread":
         with using_torch_threads(budget.torch):
@@ -198,11 +202,12 @@ def _run(
         card = job.embedder().describe().to_dict()
         meta = {**run_meta, "model": job.key, "card": card}
         for o in job.outputs:
-            fps = wanted[(job.key, o)]
+            w = wanted[(job.key, o)]
             if o.mode == "pooled":
-                paths = consolidate_pooled(out, job.key, o, fps, {**meta, "output": o.key()}, geo_crs)
+                paths = consolidate_pooled(out, job.key, o, w, {**meta, "output": o.key()}, geo_crs)
             else:
-                ok_ids = _ok_ids(manifest, fps, place_list)
+                ok = latest_ok(manifest, {(job.key, o): w})[(job.key, o)]
+                ok_ids = [(int(i), place_list[i].id) for i in np.flatnonzero(ok)]
                 paths = consolidate_grids(out, job.key, ok_ids, {**meta, "output": "grid"}) if stack and ok_ids else []
             files[f"{job.key}/{o.key()}"] = [str(p.relative_to(out)) for p in paths]
     summary = ExportSummary(
@@ -215,11 +220,6 @@ def _run(
                                  "finished": datetime.now(timezone.utc).isoformat(), "summary": summary.to_dict()})
     state.report("done")
     return summary
-
-
-def _ok_ids(manifest: Manifest, fps: dict[str, int], places: Sequence[Place]) -> list[tuple[int, str]]:
-    latest = manifest.latest()
-    return [(i, places[i].id) for fp, i in fps.items() if latest.get(fp, {}).get("status") == "ok"]
 
 
 def _abort(rec: dict[str, Any]) -> EoembedError:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..providers import Provider
@@ -15,7 +15,7 @@ from .retry import RetryPolicy
 
 
 def stream_chunks(
-    tasks: Sequence[ChunkTask],
+    tasks: Iterable[ChunkTask],
     fetch: Callable[[ChunkTask], Fetched],
     infer_slice: Callable[[ChunkTask, Fetched], list[ItemResult]],
     slice_size: int,
@@ -67,7 +67,7 @@ def slice_size(jobs: Sequence[ModelJob], chunk_size: int, workers: int) -> int:
 
 
 def run_threads(
-    tasks: list[ChunkTask], jobs: list[ModelJob], provider: Provider, temporal: TemporalSpec,
+    tasks: Iterable[ChunkTask], jobs: list[ModelJob], provider: Provider, temporal: TemporalSpec,
     prep: InputPrep | None, policy: RetryPolicy, workers: int, chunk_size: int,
     handle: Callable[[ChunkTask, list[ItemResult]], None], should_stop: Callable[[], bool] | None,
 ) -> bool:
