@@ -101,10 +101,23 @@ def make_places(cogs: list[Path], n: int, seed: int = 0) -> dict[str, Any]:
     return places
 
 
-def model_args(model: str) -> dict[str, Any]:
-    """Keyword arguments that select `model` with its real weights (Galileo from ../shared)."""
+def model_args(model: str, scratch: Path | None = None) -> dict[str, Any]:
+    """Keyword arguments that select `model`: Galileo with its real weights from ../shared; a
+    RemoteCLIP ViT with random weights in its checkpoint layout (written once under `scratch`),
+    which costs what the real ones cost to run."""
     if model.startswith("galileo"):
         return {"weights": str(GALILEO_WEIGHTS)}
+    if model.startswith("remoteclip-vit") and scratch is not None:
+        import torch
+        from eoembed.nn.clip import CLIP, CLIP_CONFIGS
+
+        arch = {"remoteclip-vit-b-32": "ViT-B-32", "remoteclip-vit-l-14": "ViT-L-14"}[model]
+        folder = scratch / "weights" / model
+        if not folder.is_dir():
+            torch.manual_seed(0)
+            folder.mkdir(parents=True)
+            torch.save(CLIP(CLIP_CONFIGS[arch]).state_dict(), folder / f"RemoteCLIP-{arch}.pt")
+        return {"weights": str(folder)}
     return {}
 
 
@@ -177,7 +190,7 @@ def measure(mode: str, model: str, n: int, cogs_dir: Path, chunk_size: int, late
 
     cogs = sorted(cogs_dir.glob("*.tif"))
     places = make_places(cogs, n)
-    kw = model_args(model)
+    kw = model_args(model, cogs_dir.parent)
     one = mode in ("e2e-b1", "seq")
     emb = get_embedder(model, **kw, **({"batch_size": 1} if one else {}))
     emb.load()

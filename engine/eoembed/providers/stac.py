@@ -259,7 +259,7 @@ class StacProvider(Provider):
         max_items: int = 32,
         retries: int = 3,
         timeout: float = 30.0,
-        workers: int = 16,
+        workers: int = 32,
         backoff: float = 0.5,
         signing: str | None = "auto",
         sas_url: str | None = None,
