@@ -1,0 +1,282 @@
+"""Tessera (annual, 128-d, 10 m): the Zarr store in the geo-embeddings convention, and the
+legacy 0.1° ``grid_<lon>_<lat>`` tiles.
+
+Zarr store (``geotessera`` layout): one group per UTM zone, ``utm<zz>/`` with ``embeddings``
+int8 ``(time, band, y, x)``, ``scales`` float32 ``(time, y, x)``, ``time`` (years), ``x``/``y``
+pixel centres, and ``proj:code`` / ``spatial:transform`` attributes. A vector is
+``embeddings × scale``; a NaN scale is water, an infinite one land not yet embedded.
+Legacy tiles: ``<root>/<year>/grid_<lon>_<lat>/grid_<lon>_<lat>.npy`` ``(H, W, 128)`` int8 and
+``…_scales.npy`` ``(H, W)``, georeferenced by ``<landmasks>/grid_<lon>_<lat>.tiff``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+from typing import Any
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.warp import transform_bounds
+
+from ..errors import ProviderError, SpecError
+from ..grid import GridSpec, roi_grid, roi_mask
+from ..providers.base import FetchRequest, Observation
+from ..providers.raster_io import parse_grid_crs
+from ..providers.redact import redact
+from ..specs import FrameSpec, SensorSpec, SpatialSpec, TemporalSpec
+from .base import ProductReader, ProductSpec, lonlat_bounds, observation, place_text, product_year, put_on_grid
+from .remote import NotFound, Remote, gdal_path, join
+
+SPEC = ProductSpec(
+    id="tessera",
+    title="TESSERA v1.1 pixel embeddings (annual)",
+    dim=128,
+    band_prefix="T",
+    years=tuple(range(2017, 2026)),
+    resolution="10 m, UTM",
+    scale_m=10.0,
+    license="MIT (code); see the data terms published with geotessera",
+    attribution="TESSERA embeddings by the University of Cambridge (ucam-eo/geotessera).",
+    paper="https://arxiv.org/abs/2506.20380",
+)
+
+
+def _zones(spatial: SpatialSpec) -> list[int]:
+    w, _, e, _ = lonlat_bounds(spatial)
+    first, last = int((w + 180) // 6) + 1, int((min(e, 179.999999) + 180) // 6) + 1
+    return list(range(max(1, first), min(60, last) + 1))
+
+
+def _window(grid: GridSpec, crs: str, transform: Affine, height: int, width: int) -> tuple[int, int, int, int] | None:
+    """Rows and columns ``(r0, r1, c0, c1)`` of a raster that cover `grid` (one pixel margin)."""
+    left, bottom, right, top = transform_bounds(parse_grid_crs(grid.crs), parse_grid_crs(crs), *grid.bounds,
+                                                densify_pts=21)
+    inv = ~transform
+    cols, rows = zip(*(inv * (x, y) for x, y in ((left, top), (right, top), (left, bottom), (right, bottom))))
+    r0, r1 = max(0, math.floor(min(rows)) - 1), min(height, math.ceil(max(rows)) + 1)
+    c0, c1 = max(0, math.floor(min(cols)) - 1), min(width, math.ceil(max(cols)) + 1)
+    return (r0, r1, c0, c1) if r0 < r1 and c0 < c1 else None
+
+
+class _Gaps:
+    """Why pixels are missing: water (NaN scale) or land not yet embedded (infinite scale)."""
+
+    def __init__(self) -> None:
+        self.water = self.pending = 0
+        self.sources: list[str] = []
+
+    def add(self, scales: np.ndarray) -> None:
+        self.water += int(np.isnan(scales).sum())
+        self.pending += int(np.isinf(scales).sum())
+
+    def error(self, spatial: SpatialSpec, year: int) -> ProviderError:
+        where = place_text(spatial)
+        if self.water and not self.pending:
+            why = "it is water, which Tessera does not embed"
+        elif self.pending:
+            why = "that land is not processed yet for this year"
+        else:
+            why = "the product does not cover it"
+        return ProviderError(f"Tessera has no embeddings for {where} in {year}: {why}; choose another year or "
+                             "place, or an on-the-fly model")
+
+
+class TesseraZarr(ProductReader):
+    """Tessera from a Zarr store in the geo-embeddings convention, read chunk by chunk."""
+
+    spec = SPEC
+    route = "zarr"
+
+    def __init__(self, url: str, *, retries: int = 3, backoff: float = 0.5, timeout: float = 60.0) -> None:
+        if not isinstance(url, str) or not url.strip():
+            raise SpecError("tessera needs store=<URL or folder of a Tessera Zarr store>")
+        self.url = url.rstrip("/")
+        self.remote = Remote(retries=retries, backoff=backoff, timeout=timeout)
+        self._groups: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "store": redact(self.url)}
+
+    def request(self, spatial: SpatialSpec, temporal: TemporalSpec, sensor: SensorSpec,
+                frames: FrameSpec | None = None) -> FetchRequest:
+        product_year(self.spec, temporal)
+        crs = spatial.working_crs
+        anchor = (0.0, 0.0)
+        zone = crs.utm_zone
+        if zone:
+            group = self._group(int(zone[:-1]))
+            if group is not None:
+                t = group["transform"]
+                anchor = (t.c, t.f)
+        return FetchRequest(spatial, roi_grid(spatial, self.spec.scale_m, crs=crs, anchor=anchor), temporal,
+                            sensor, None)
+
+    def _group(self, zone: int) -> dict[str, Any] | None:
+        with self._lock:
+            if zone in self._groups:
+                return self._groups[zone]
+        import zarr
+
+        from .zarr_http import HttpZarrStore
+
+        store = HttpZarrStore(self.url, self.remote)
+        try:
+            g = zarr.open_group(store, path=f"utm{zone:02d}", mode="r", zarr_format=3, use_consolidated=False)
+        except (FileNotFoundError, KeyError, NotFound):
+            info = None
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise ProviderError(f"the Tessera store at {redact(self.url)} could not be opened ({redact(exc)}); "
+                                "check store=") from None
+        else:
+            attrs = dict(g.attrs)
+            crs = str(attrs.get("proj:code") or f"EPSG:{32600 + zone}")
+            if "spatial:transform" in attrs:
+                transform = Affine(*[float(v) for v in attrs["spatial:transform"][:6]])
+            else:
+                x, y = g["x"][:2], g["y"][:2]
+                dx, dy = float(x[1] - x[0]), float(y[1] - y[0])
+                transform = Affine(dx, 0, float(x[0]) - dx / 2, 0, dy, float(y[0]) - dy / 2)
+            years = [int(v) for v in np.asarray(g["time"][:]).ravel()]
+            info = {"group": g, "crs": crs, "transform": transform, "years": years}
+        with self._lock:
+            self._groups[zone] = info
+        return info
+
+    def fetch(self, request: FetchRequest) -> Observation:
+        spatial, grid = request.spatial, request.grid
+        year = product_year(self.spec, request.temporal)
+        out = np.zeros((self.spec.dim, grid.height, grid.width), np.float32)
+        valid = np.zeros((grid.height, grid.width), bool)
+        gaps = _Gaps()
+        work_zone = parse_grid_crs(grid.crs).utm_zone
+        zones = sorted(_zones(spatial), key=lambda z: f"{z}" != (work_zone or "")[:-1])
+        for zone in zones:
+            info = self._group(zone)
+            if info is None or year not in info["years"]:
+                continue
+            g, t = info["group"], info["transform"]
+            emb, scales = g["embeddings"], g["scales"]
+            _, _, h, w = emb.shape
+            win = _window(grid, info["crs"], t, h, w)
+            if win is None:
+                continue
+            r0, r1, c0, c1 = win
+            ti = info["years"].index(year)
+            try:
+                s = np.asarray(scales[ti, r0:r1, c0:c1], np.float32)
+                q = np.asarray(emb[ti, :, r0:r1, c0:c1], np.float32)
+            except ProviderError:
+                raise
+            except Exception as exc:
+                raise ProviderError(f"reading the Tessera store at {redact(self.url)} failed ({redact(exc)})") from None
+            gaps.add(s)
+            vals = q * np.where(np.isfinite(s), s, np.nan)[None]
+            put_on_grid(vals, t * Affine.translation(c0, r0), info["crs"], grid, out, valid)
+            gaps.sources.append(f"utm{zone:02d}")
+        roi = roi_mask(spatial, grid)
+        if not (valid & roi).any():
+            raise gaps.error(spatial, year)
+        meta = {"source": "zarr", "store": redact(self.url), "groups": gaps.sources}
+        return observation(out, valid, grid, self.spec, year, roi, meta)
+
+
+def tile_name(lon: float, lat: float) -> str:
+    """The legacy tile holding (lon, lat): centres at odd multiples of 0.05°."""
+    return f"grid_{math.floor(lon * 10) / 10 + 0.05:.2f}_{math.floor(lat * 10) / 10 + 0.05:.2f}"
+
+
+def _npy_header(raw: bytes) -> tuple[tuple[int, ...], np.dtype, int]:
+    f = io.BytesIO(raw)
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    if fortran:
+        raise ProviderError("a Tessera tile is stored in Fortran order; only C order is read")
+    return tuple(shape), np.dtype(dtype), f.tell()
+
+
+class TesseraTiles(ProductReader):
+    """Tessera from the legacy 0.1° tiles (``.npy`` + ``_scales.npy``), reading only the rows a
+    place needs."""
+
+    spec = SPEC
+    route = "tiles"
+
+    def __init__(self, url: str, landmasks: str | None = None, *, retries: int = 3, backoff: float = 0.5,
+                 timeout: float = 60.0) -> None:
+        if not isinstance(url, str) or not url.strip():
+            raise SpecError("tessera needs tiles=<URL or folder of the grid_<lon>_<lat> tiles>")
+        self.url = url.rstrip("/")
+        self.landmasks = (landmasks or join(self.url, "landmasks")).rstrip("/")
+        self.remote = Remote(retries=retries, backoff=backoff, timeout=timeout)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "tiles": redact(self.url)}
+
+    def request(self, spatial: SpatialSpec, temporal: TemporalSpec, sensor: SensorSpec,
+                frames: FrameSpec | None = None) -> FetchRequest:
+        product_year(self.spec, temporal)
+        crs = spatial.working_crs
+        c = spatial.shape("EPSG:4326").centroid
+        head = self._landmask(tile_name(c.x, c.y))
+        anchor = (head[1].c, head[1].f) if head and parse_grid_crs(head[0]) == crs else (0.0, 0.0)
+        return FetchRequest(spatial, roi_grid(spatial, self.spec.scale_m, crs=crs, anchor=anchor), temporal,
+                            sensor, None)
+
+    def _landmask(self, name: str) -> tuple[str, Affine, int, int] | None:
+        try:
+            path = self.remote.cached(join(self.landmasks, f"{name}.tiff"), "a Tessera landmask")
+        except NotFound:
+            return None
+        with rasterio.open(gdal_path(str(path))) as src:
+            return src.crs.to_string(), src.transform, src.height, src.width
+
+    def _rows(self, url: str, r0: int, r1: int, what: str) -> np.ndarray:
+        head = self.remote.get(url, 0, 1024, what=what)
+        shape, dtype, offset = _npy_header(head)
+        row = int(np.prod(shape[1:])) * dtype.itemsize
+        raw = self.remote.get(url, offset + r0 * row, offset + r1 * row, what=what)
+        return np.frombuffer(raw, dtype=dtype).reshape((r1 - r0, *shape[1:]))
+
+    def fetch(self, request: FetchRequest) -> Observation:
+        spatial, grid = request.spatial, request.grid
+        year = product_year(self.spec, request.temporal)
+        w, s, e, n = lonlat_bounds(spatial)
+        names = sorted({tile_name(x, y) for x in np.arange(math.floor(w * 10), math.floor(e * 10) + 1) / 10 + 0.01
+                        for y in np.arange(math.floor(s * 10), math.floor(n * 10) + 1) / 10 + 0.01})
+        out = np.zeros((self.spec.dim, grid.height, grid.width), np.float32)
+        valid = np.zeros((grid.height, grid.width), bool)
+        gaps = _Gaps()
+        for name in names:
+            head = self._landmask(name)
+            if head is None:
+                continue
+            crs, t, h, wd = head
+            win = _window(grid, crs, t, h, wd)
+            if win is None:
+                continue
+            r0, r1, c0, c1 = win
+            base = join(self.url, str(year), name, name)
+            try:
+                q = self._rows(f"{base}.npy", r0, r1, "a Tessera tile")[:, c0:c1]
+                sc = self._rows(f"{base}_scales.npy", r0, r1, "a Tessera tile's scales")[:, c0:c1]
+            except NotFound:
+                continue
+            sc = np.asarray(sc, np.float32)
+            gaps.add(sc)
+            vals = np.moveaxis(q.astype(np.float32), -1, 0) * np.where(np.isfinite(sc) & (sc > 0), sc, np.nan)[None]
+            put_on_grid(vals, t * Affine.translation(c0, r0), crs, grid, out, valid)
+            gaps.sources.append(name)
+        roi = roi_mask(spatial, grid)
+        if not (valid & roi).any():
+            raise gaps.error(spatial, year)
+        meta = {"source": "tiles", "tiles": gaps.sources, "root": redact(self.url)}
+        return observation(out, valid, grid, self.spec, year, roi, meta)
