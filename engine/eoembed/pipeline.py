@@ -62,6 +62,7 @@ from .export.manifest import MANIFEST_NAME, Manifest
 from .export.npz import write_npz
 from .export.stack import write_grid_stack
 from .features import Place, read_places
+from .products import route_products
 from .providers import Provider, open_provider
 from .providers.base import FetchRequest, Observation, make_observation
 from .specs import (
@@ -514,6 +515,7 @@ def run_chunk_on_worker(
     """Fetch and infer one chunk inside a Dask worker (the provider and models are cached there);
     fetching runs ahead of inference slice by slice, as in the threaded executor."""
     provider = source if isinstance(source, Provider) else _worker_provider(source, options)
+    provider = route_products(provider, [j.embedder() for j in jobs])
     size = _slice_size(jobs, len(task.places), threads)
     broken: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="eoembed-fetch") as pool:
@@ -829,6 +831,7 @@ def run_export(
         raise SpecError("executor='dask' needs model ids (strings), not Embedder instances, so workers can build them")
     provider = open_provider(source, **(source_options or {}))
     provider_sig = json.dumps(provider.describe(), sort_keys=True, default=str)
+    provider = route_products(provider, [j.embedder() for j in jobs])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     clean_partial_files(out)

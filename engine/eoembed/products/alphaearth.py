@@ -26,7 +26,7 @@ from ..providers.raster_io import parse_grid_crs, read_to_grid
 from ..providers.redact import redact
 from ..specs import FrameSpec, SensorSpec, SpatialSpec, TemporalSpec
 from .base import WGS84, ProductReader, ProductSpec, observation, place_text, product_year
-from .remote import Remote, gdal_path, is_url, join
+from .remote import Remote, gdal_path, join
 from .tile_index import Tile, load_index
 
 SPEC = ProductSpec(

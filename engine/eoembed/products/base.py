@@ -158,7 +158,7 @@ class ProductReader(Provider):
 
     @property
     def collection(self) -> str:
-        return f"product:{self.spec.id}/{self.route}"
+        return f"product:{self.spec.id}"
 
     def sensor(self) -> ProductSensor:
         return ProductSensor(self.collection, self.spec.bands, self.spec.scale_m)

@@ -27,7 +27,15 @@ from ..providers.base import FetchRequest, Observation
 from ..providers.raster_io import parse_grid_crs
 from ..providers.redact import redact
 from ..specs import FrameSpec, SensorSpec, SpatialSpec, TemporalSpec
-from .base import ProductReader, ProductSpec, lonlat_bounds, observation, place_text, product_year, put_on_grid
+from .base import (
+    ProductReader,
+    ProductSpec,
+    lonlat_bounds,
+    observation,
+    place_text,
+    product_year,
+    put_on_grid,
+)
 from .remote import NotFound, Remote, gdal_path, join
 
 SPEC = ProductSpec(

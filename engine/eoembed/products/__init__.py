@@ -1,0 +1,15 @@
+"""Precomputed embedding products (AlphaEarth, Tessera, Copernicus-Embed): readers beside the
+imagery providers that fetch product vectors for a place at the product's native lattice."""
+
+from __future__ import annotations
+
+from .base import (
+    ProductReader,
+    ProductRouter,
+    ProductSensor,
+    ProductSpec,
+    product_year,
+    route_products,
+)
+
+__all__ = ["ProductReader", "ProductRouter", "ProductSensor", "ProductSpec", "product_year", "route_products"]
