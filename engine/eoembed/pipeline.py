@@ -62,7 +62,7 @@ from .export.manifest import MANIFEST_NAME, Manifest
 from .export.npz import write_npz
 from .export.stack import write_grid_stack
 from .features import Place, read_places
-from .products import route_products
+from .products import open_for, route_products
 from .providers import Provider, open_provider
 from .providers.base import FetchRequest, Observation, make_observation
 from .specs import (
@@ -829,7 +829,7 @@ def run_export(
                        device=device, weights=weights, model_config=model_config)
     if executor == "dask" and any(isinstance(j.model, Embedder) for j in jobs):
         raise SpecError("executor='dask' needs model ids (strings), not Embedder instances, so workers can build them")
-    provider = open_provider(source, **(source_options or {}))
+    provider = open_for(source, source_options, [j.embedder() for j in jobs])
     provider_sig = json.dumps(provider.describe(), sort_keys=True, default=str)
     provider = route_products(provider, [j.embedder() for j in jobs])
     out = Path(out)

@@ -4,12 +4,15 @@ imagery providers that fetch product vectors for a place at the product's native
 from __future__ import annotations
 
 from .base import (
+    NoImagery,
     ProductReader,
     ProductRouter,
     ProductSensor,
     ProductSpec,
+    open_for,
     product_year,
     route_products,
 )
 
-__all__ = ["ProductReader", "ProductRouter", "ProductSensor", "ProductSpec", "product_year", "route_products"]
+__all__ = ["NoImagery", "ProductReader", "ProductRouter", "ProductSensor", "ProductSpec", "open_for",
+           "product_year", "route_products"]

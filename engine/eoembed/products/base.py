@@ -194,6 +194,27 @@ class ProductRouter(Provider):
         return self.base.describe()
 
 
+class NoImagery(Provider):
+    """The imagery provider of a run whose models are all products (nothing to read)."""
+
+    name = "none"
+
+    def fetch(self, request: FetchRequest) -> Observation:
+        raise SpecError("this run has no imagery source; give source= for the models that need imagery")
+
+
+def open_for(source: Any, options: dict[str, Any] | None, embedders: Sequence[Any]) -> Provider:
+    """The run's provider: `source` opened, or no imagery at all when every model is a product
+    and `source` is the default ``"local"`` without paths."""
+    from ..providers import open_provider
+
+    opts = dict(options or {})
+    if source == "local" and "paths" not in opts and embedders and all(
+            getattr(e, "precomputed", False) for e in embedders):
+        return NoImagery()
+    return open_provider(source, **opts)
+
+
 def route_products(provider: Provider, embedders: Sequence[Any]) -> Provider:
     """`provider`, wrapped so that the product models among `embedders` read their products."""
     readers = [e.reader(provider) for e in embedders if getattr(e, "precomputed", False)]
@@ -203,5 +224,5 @@ def route_products(provider: Provider, embedders: Sequence[Any]) -> Provider:
     return ProductRouter(base, readers)
 
 
-__all__ = ["ProductReader", "ProductRouter", "ProductSensor", "ProductSpec", "product_year", "route_products",
+__all__ = ["NoImagery", "open_for", "ProductReader", "ProductRouter", "ProductSensor", "ProductSpec", "product_year", "route_products",
            "transformer"]
