@@ -17,16 +17,15 @@ import pytest
 import rasterio
 import shapely
 from affine import Affine
-from pyproj import Transformer
-from rasterio.warp import Resampling, reproject, transform_bounds
-from test_provider_stac import Server
-
 from eoembed import api
 from eoembed.embedders.registry import clear_cache
 from eoembed.errors import CapabilityError, EoembedError, ProviderError, WeightsError
 from eoembed.products.alphaearth import dequantize
 from eoembed.products.tile_index import clear_indexes
-from eoembed.specs import BBox, OutputSpec, PointBuffer, TemporalSpec
+from eoembed.specs import BBox, OutputSpec, TemporalSpec
+from pyproj import Transformer
+from rasterio.warp import Resampling, reproject, transform_bounds
+from test_provider_stac import Server
 
 N = 256  # truth tile side in pixels (2.56 km at 10 m)
 BLOCK = 8
@@ -157,7 +156,8 @@ def _box(w, col0, row0, ncols, nrows):
 
 
 def _ae(w, layout="bucket", **kw):
-    return {"route": "cog", "layout": layout, "url": w[layout], "backoff": 0.01, **kw}
+    return {"route": "cog", "layout": layout, "url": w["sc" if layout == "source-coop" else layout], "backoff": 0.01,
+            **kw}
 
 
 def _truth_on(w, grid_emb):
@@ -308,13 +308,12 @@ def test_missing_year_tile_and_transient_failures(world):
 def test_products_and_on_the_fly_models_in_one_export(world, tmp_path, make_tiff):
     w = world
     # imagery for rcf on the same lattice
-    img = make_tiff("s2.tif", np.random.default_rng(1).integers(0, 3000, (4, 64, 64)).astype(np.float32),
-                    crs="EPSG:32632", transform=w["t32"] * Affine.translation(16, 16),
-                    descriptions=["B02", "B03", "B04", "B08"])
+    img = make_tiff("T32_20220601.tif", np.random.default_rng(1).integers(1, 3000, (10, 64, 64)).astype(np.float32),
+                    crs="EPSG:32632", transform=w["t32"] * Affine.translation(16, 16))
     places = {"a": _box(w, 20, 20, 16, 16), "b": _box(w, 40, 30, 12, 12)}
     summary = api.export_batch(places, Y2022, ["rcf", "alphaearth"], tmp_path / "out", outputs="pooled",
                                source=str(img), model_config={"alphaearth": _ae(w)}, workers=2)
-    assert summary.failed == 0 and summary.ok == 4
+    assert summary.failed == 0 and summary.ok == 4, summary.failures
     single = api.get_embedding("alphaearth", places["b"], Y2022, model_config=_ae(w)).to_numpy()
     import pyarrow.parquet as pq
 
@@ -324,14 +323,24 @@ def test_products_and_on_the_fly_models_in_one_export(world, tmp_path, make_tiff
     np.testing.assert_allclose(np.asarray(rows["b"]["embedding"], np.float32), single, rtol=1e-6, atol=1e-6)
 
 
-def test_cli_runs_a_product(world, tmp_path):
-    import subprocess
-    import sys
+def test_cli_embeds_with_a_product_and_its_options(world, tmp_path, capsys):
+    from eoembed.cli import main
 
     w = world
-    out = subprocess.run(
-        [sys.executable, "-m", "eoembed", "models"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "alphaearth" in out.stdout and "precomputed" in out.stdout
+    t = w["t32"]
+    (x, y) = t * (50.5, 60.5)
+    gj = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "EPSG:32632"}},
+          "features": [{"type": "Feature", "properties": {"name": "p1"},
+                        "geometry": {"type": "Point", "coordinates": [x, y]}}]}
+    src = tmp_path / "places.geojson"
+    src.write_text(json.dumps(gj))
+    rc = main(["embed", "-i", str(src), "-m", "gse", "--year", "2022", "--buffer", "40", "-o", str(tmp_path / "o"),
+               "--model-option", "route=cog", "--model-option", "layout=bucket", "--model-option",
+               f"url={w['bucket']}", "-q"])
+    assert rc == 0
+    assert list((tmp_path / "o").glob("*.parquet"))
+    assert main(["models"]) == 0
+    assert "precomputed" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------- Tessera

@@ -17,15 +17,25 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
+from affine import Affine
+from rasterio.windows import Window
 
 from ..errors import ProviderError, SpecError
 from ..grid import GridSpec, roi_grid, roi_mask
 from ..providers.base import FetchRequest, Observation, Provider
-from ..providers.raster_io import parse_grid_crs, read_to_grid
+from ..providers.raster_io import parse_grid_crs
 from ..providers.redact import redact
 from ..specs import FrameSpec, SensorSpec, SpatialSpec, TemporalSpec
-from .base import WGS84, ProductReader, ProductSpec, observation, place_text, product_year
+from .base import (
+    WGS84,
+    ProductReader,
+    ProductSpec,
+    observation,
+    place_text,
+    product_year,
+    put_on_grid,
+    window_for,
+)
 from .remote import Remote, gdal_path, join
 from .tile_index import Tile, load_index
 
@@ -127,10 +137,7 @@ class AlphaEarthCOG(ProductReader):
         for tile in self.tiles(spatial, year):
             if parse_grid_crs(tile.crs) == crs:
                 t = self._header(self.tile_url(tile))[1]
-                if t.e < 0:  # a north-up tile: its top-left corner is on the lattice
-                    anchor = (t.c, t.f)
-                else:  # bottom-up: the bottom-left corner
-                    anchor = (t.c, t.f)
+                anchor = (t.c, t.f)  # a corner of the tile (top or bottom) is on its lattice
                 break
         grid = roi_grid(spatial, self.spec.scale_m, crs=crs, anchor=anchor)
         return FetchRequest(spatial, grid, temporal, sensor, None)
@@ -139,6 +146,29 @@ class AlphaEarthCOG(ProductReader):
         return roi_grid(spatial, self.spec.scale_m)
 
     # -- pixels ---------------------------------------------------------------------------------
+    def _window(self, href: str, grid: GridSpec) -> tuple[np.ndarray, Affine, str] | None:
+        """The de-quantised part of one tile that covers `grid` (NaN = nodata), as a north-up
+        array with its transform and CRS; bottom-up tiles are turned the right way up."""
+        with rasterio.Env(**self.remote.gdal_env()), rasterio.open(gdal_path(href)) as src:
+            if src.count != self.spec.dim:
+                raise ProviderError(f"{redact(href)} has {src.count} bands, not {self.spec.dim}; it is not an "
+                                    "AlphaEarth tile")
+            t, h, w = src.transform, src.height, src.width
+            up = t.e > 0
+            north = Affine(t.a, 0, t.c, 0, -t.e, t.f + t.e * h) if up else t
+            crs = src.crs.to_string()
+            win = window_for(grid, crs, north, h, w)
+            if win is None:
+                return None
+            r0, r1, c0, c1 = win
+            rows = (h - r1, h - r0) if up else (r0, r1)
+            raw = src.read(window=Window(c0, rows[0], c1 - c0, r1 - r0))
+        if up:
+            raw = raw[:, ::-1, :]
+        vals = dequantize(raw)
+        vals[:, (raw == NODATA).all(axis=0)] = np.nan
+        return vals, north * Affine.translation(c0, r0), crs
+
     def fetch(self, request: FetchRequest) -> Observation:
         spatial, grid = request.spatial, request.grid
         year = product_year(self.spec, request.temporal)
@@ -158,23 +188,17 @@ class AlphaEarthCOG(ProductReader):
                 break
             href = self.tile_url(tile)
 
-            def read(href: str = href) -> tuple[np.ndarray, np.ndarray]:
-                with rasterio.Env(**self.remote.gdal_env()), rasterio.open(gdal_path(href)) as src:
-                    if src.count != self.spec.dim:
-                        raise ProviderError(f"{redact(href)} has {src.count} bands, not {self.spec.dim}; it is not "
-                                            "an AlphaEarth tile")
-                    return read_to_grid(src, list(range(1, self.spec.dim + 1)), grid, Resampling.nearest, NODATA)
-
             try:
-                raw, ok = self.remote.retry(f"reading {href}", read)
+                got = self.remote.retry(f"reading {href}", lambda href=href: self._window(href, grid))
             except ProviderError:
                 raise
             except Exception as exc:
                 raise self.remote.failure("an AlphaEarth tile", href, exc) from None
-            new = ok & ~valid
-            if new.any():
-                out[:, new] = dequantize(raw[:, new])
-                valid |= new
+            if got is None:
+                continue
+            before = int(valid.sum())
+            put_on_grid(*got, grid, out, valid)
+            if valid.sum() > before:
                 used.append(redact(href))
         roi = roi_mask(spatial, grid)
         if not (valid & roi).any():

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from rasterio.enums import Resampling
-from rasterio.warp import reproject
+from rasterio.warp import reproject, transform_bounds
 
 from ..errors import CapabilityError, SpecError
 from ..grid import GridSpec
@@ -139,6 +139,17 @@ def put_on_grid(values: np.ndarray, transform: Any, crs: str, grid: GridSpec, ou
     ok = ~np.isnan(tmp).any(axis=0) & ~valid
     out[:, ok] = tmp[:, ok]
     valid |= ok
+
+
+def window_for(grid: GridSpec, crs: str, transform: Affine, height: int, width: int) -> tuple[int, int, int, int] | None:
+    """Rows and columns ``(r0, r1, c0, c1)`` of a raster that cover `grid` (one pixel margin)."""
+    left, bottom, right, top = transform_bounds(parse_grid_crs(grid.crs), parse_grid_crs(crs), *grid.bounds,
+                                                densify_pts=21)
+    inv = ~transform
+    cols, rows = zip(*(inv * (x, y) for x, y in ((left, top), (right, top), (left, bottom), (right, bottom))))
+    r0, r1 = max(0, math.floor(min(rows)) - 1), min(height, math.ceil(max(rows)) + 1)
+    c0, c1 = max(0, math.floor(min(cols)) - 1), min(width, math.ceil(max(cols)) + 1)
+    return (r0, r1, c0, c1) if r0 < r1 and c0 < c1 else None
 
 
 def observation(values: np.ndarray, valid: np.ndarray, grid: GridSpec, spec: ProductSpec, year: int,

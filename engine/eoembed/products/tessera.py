@@ -17,12 +17,12 @@ import threading
 from typing import Any
 
 import numpy as np
+import pyproj
 import rasterio
 from affine import Affine
-from rasterio.warp import transform_bounds
 
 from ..errors import ProviderError, SpecError
-from ..grid import GridSpec, roi_grid, roi_mask
+from ..grid import roi_grid, roi_mask
 from ..providers.base import FetchRequest, Observation
 from ..providers.raster_io import parse_grid_crs
 from ..providers.redact import redact
@@ -56,17 +56,6 @@ def _zones(spatial: SpatialSpec) -> list[int]:
     w, _, e, _ = lonlat_bounds(spatial)
     first, last = int((w + 180) // 6) + 1, int((min(e, 179.999999) + 180) // 6) + 1
     return list(range(max(1, first), min(60, last) + 1))
-
-
-def _window(grid: GridSpec, crs: str, transform: Affine, height: int, width: int) -> tuple[int, int, int, int] | None:
-    """Rows and columns ``(r0, r1, c0, c1)`` of a raster that cover `grid` (one pixel margin)."""
-    left, bottom, right, top = transform_bounds(parse_grid_crs(grid.crs), parse_grid_crs(crs), *grid.bounds,
-                                                densify_pts=21)
-    inv = ~transform
-    cols, rows = zip(*(inv * (x, y) for x, y in ((left, top), (right, top), (left, bottom), (right, bottom))))
-    r0, r1 = max(0, math.floor(min(rows)) - 1), min(height, math.ceil(max(rows)) + 1)
-    c0, c1 = max(0, math.floor(min(cols)) - 1), min(width, math.ceil(max(cols)) + 1)
-    return (r0, r1, c0, c1) if r0 < r1 and c0 < c1 else None
 
 
 class _Gaps:
@@ -162,7 +151,7 @@ class TesseraZarr(ProductReader):
         out = np.zeros((self.spec.dim, grid.height, grid.width), np.float32)
         valid = np.zeros((grid.height, grid.width), bool)
         gaps = _Gaps()
-        work_zone = parse_grid_crs(grid.crs).utm_zone
+        work_zone = pyproj.CRS.from_user_input(grid.crs).utm_zone
         zones = sorted(_zones(spatial), key=lambda z: f"{z}" != (work_zone or "")[:-1])
         for zone in zones:
             info = self._group(zone)
@@ -171,7 +160,7 @@ class TesseraZarr(ProductReader):
             g, t = info["group"], info["transform"]
             emb, scales = g["embeddings"], g["scales"]
             _, _, h, w = emb.shape
-            win = _window(grid, info["crs"], t, h, w)
+            win = window_for(grid, info["crs"], t, h, w)
             if win is None:
                 continue
             r0, r1, c0, c1 = win
@@ -268,7 +257,7 @@ class TesseraTiles(ProductReader):
             if head is None:
                 continue
             crs, t, h, wd = head
-            win = _window(grid, crs, t, h, wd)
+            win = window_for(grid, crs, t, h, wd)
             if win is None:
                 continue
             r0, r1, c0, c1 = win
