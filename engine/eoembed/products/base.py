@@ -11,6 +11,7 @@ from datetime import date
 from typing import Any
 
 import numpy as np
+from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.warp import reproject, transform_bounds
 

@@ -35,6 +35,7 @@ from .base import (
     place_text,
     product_year,
     put_on_grid,
+    window_for,
 )
 from .remote import NotFound, Remote, gdal_path, join
 
