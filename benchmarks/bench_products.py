@@ -23,10 +23,9 @@ from affine import Affine
 from rasterio.warp import transform_bounds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "engine"))
-from test_provider_stac import Server  # noqa: E402
-
 from eoembed import api  # noqa: E402
 from eoembed.specs import PointBuffer, TemporalSpec  # noqa: E402
+from test_provider_stac import Server  # noqa: E402
 
 
 def main() -> None:
