@@ -2,7 +2,7 @@
 
     PYTHONPATH=engine python benchmarks/bench_products.py
 
-A synthetic 1200×1200-px, 64-band int8 tile in the bucket layout (tiled 256², deflate) is served
+A synthetic 2048×2048-px, 64-band int8 tile in the bucket layout (tiled 256², deflate) is served
 by the loopback file server of the tests (its own process); each place is read once, cold
 (index already cached), and the bytes the server sent are summed from its request log.
 """
@@ -31,7 +31,7 @@ from test_provider_stac import Server  # noqa: E402
 def main() -> None:
     root = Path(tempfile.mkdtemp())
     (root / "catalog.json").write_text(json.dumps({"collections": [], "items": []}))
-    n, x0, y0 = 1200, 600000.0, 5000000.0
+    n, x0, y0 = 2048, 600000.0, 5000000.0
     t = Affine(10, 0, x0, 0, -10, y0)
     rng = np.random.default_rng(0)
     blocks = rng.integers(-127, 128, (64, n // 8, n // 8)).astype(np.int8)
@@ -55,7 +55,7 @@ def main() -> None:
         api.get_embedding("alphaearth", PointBuffer(x0 + 100, y0 - 100, 50, crs="EPSG:32632"),
                           TemporalSpec.year(2022), model_config=cfg)  # index download
         for label, half in (("640 m", 320.0), ("10 km", 5000.0)):
-            place = PointBuffer(x0 + 6000, y0 - 6000, half, crs="EPSG:32632")
+            place = PointBuffer(x0 + 10240, y0 - 10240, half, crs="EPSG:32632")
             mark = server.mark()
             t0 = time.perf_counter()
             e = api.get_embedding("alphaearth", place, TemporalSpec.year(2022), model_config=cfg)

@@ -105,19 +105,21 @@ class ProductEmbedder(Embedder):
         values, valid = obs.array[0], obs.valid[0]
         extra = {"product": {"id": self.spec.id, "year": obs.meta.get("year"), "attribution": self.spec.attribution,
                              "license": self.spec.license}}
-        if output.mode == "grid":
-            return self.grid_embedding(np.where(valid[None], values, np.nan), obs, output, **extra)
+        if output.mode == "grid":  # invalid pixels already hold NaN
+            return self.grid_embedding(values, obs, output, **extra)
         cells = obs.meta.get("cell_weights_km2")
         weight = np.asarray(cells, np.float64) if cells is not None else obs.roi_mask.astype(np.float64)
         weight = np.where(valid, weight, 0.0)
         if weight.sum() <= 0:
             raise ProviderError(f"{self.spec.id} has no valid pixel inside the place; choose another place or year")
-        flat = np.nan_to_num(values.reshape(values.shape[0], -1).astype(np.float64))
         w = weight.reshape(-1)
+        keep = np.flatnonzero(w > 0)
+        picked = values.reshape(values.shape[0], -1)[:, keep]  # only valid pixels inside the place
         if output.pooling == "max":
-            vec = flat[:, w > 0].max(axis=1)
+            vec = picked.max(axis=1)
         else:
-            vec = (flat * w).sum(axis=1) / w.sum()
+            wk = w[keep]
+            vec = (picked @ (wk / wk.sum()).astype(np.float32)).astype(np.float64)
         return self.pooled_embedding(vec.astype(np.float32), obs, output, pixels=int((w > 0).sum()), **extra)
 
 

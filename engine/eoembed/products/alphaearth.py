@@ -62,10 +62,22 @@ LAYOUTS: dict[str, dict[str, str]] = {
 }
 
 
+def _table() -> np.ndarray:
+    v = np.arange(-128, 128, dtype=np.float64)
+    out = (np.sign(v) * (np.abs(v) / 127.5) ** 2).astype(np.float32)
+    out[0] = np.nan  # −128 is nodata
+    return out
+
+
+#: de-quantised value of every int8 code, indexed by the code's unsigned byte (code + 128)
+_TABLE = _table()
+
+
 def dequantize(raw: np.ndarray) -> np.ndarray:
-    """float32 vectors from the int8 values of the COGs: ``sign(v)·(|v|/127.5)²``."""
-    v = raw.astype(np.float32)
-    return (np.sign(v) * np.square(np.abs(v) / 127.5)).astype(np.float32)
+    """float32 vectors from the int8 values of the COGs: ``sign(v)·(|v|/127.5)²``; NaN for the
+    nodata code −128."""
+    codes = np.ascontiguousarray(raw, dtype=np.int8).view(np.uint8) ^ np.uint8(128)  # = v + 128
+    return _TABLE[codes]
 
 
 def _key(path: str) -> str | None:
@@ -163,11 +175,7 @@ class AlphaEarthCOG(ProductReader):
             r0, r1, c0, c1 = win
             rows = (h - r1, h - r0) if up else (r0, r1)
             raw = src.read(window=Window(c0, rows[0], c1 - c0, r1 - r0))
-        if up:
-            raw = raw[:, ::-1, :]
-        vals = dequantize(raw)
-        vals[:, (raw == NODATA).all(axis=0)] = np.nan
-        return vals, north * Affine.translation(c0, r0), crs
+        return dequantize(raw[:, ::-1, :] if up else raw), north * Affine.translation(c0, r0), crs
 
     def fetch(self, request: FetchRequest) -> Observation:
         spatial, grid = request.spatial, request.grid
@@ -180,7 +188,7 @@ class AlphaEarthCOG(ProductReader):
             )
         work = parse_grid_crs(grid.crs)
         tiles.sort(key=lambda t: (parse_grid_crs(t.crs) != work, t.path))  # the grid's own zone first
-        out = np.zeros((self.spec.dim, grid.height, grid.width), np.float32)
+        out = np.full((self.spec.dim, grid.height, grid.width), np.nan, np.float32)
         valid = np.zeros((grid.height, grid.width), bool)
         used = []
         for tile in tiles:

@@ -129,8 +129,7 @@ def put_on_grid(values: np.ndarray, transform: Any, crs: str, grid: GridSpec, ou
             src = values[:, r0:r1, c0:c1]
             dst = (slice(None), slice(r0 - row, r1 - row), slice(c0 - col, c1 - col))
             ok = ~np.isnan(src).any(axis=0) & ~valid[dst[1:]]
-            region = out[dst]
-            region[:, ok] = src[:, ok]
+            np.copyto(out[dst], src, where=ok[None])
             valid[dst[1:]] |= ok
             return
     tmp = np.full((d, grid.height, grid.width), np.nan, np.float32)
@@ -138,7 +137,7 @@ def put_on_grid(values: np.ndarray, transform: Any, crs: str, grid: GridSpec, ou
               src_crs=parse_grid_crs(crs), src_nodata=np.nan, dst_transform=g, dst_crs=parse_grid_crs(grid.crs),
               dst_nodata=np.nan, resampling=Resampling.nearest)
     ok = ~np.isnan(tmp).any(axis=0) & ~valid
-    out[:, ok] = tmp[:, ok]
+    np.copyto(out, tmp, where=ok[None])
     valid |= ok
 
 
@@ -155,8 +154,11 @@ def window_for(grid: GridSpec, crs: str, transform: Affine, height: int, width: 
 
 def observation(values: np.ndarray, valid: np.ndarray, grid: GridSpec, spec: ProductSpec, year: int,
                 roi: np.ndarray, meta: dict[str, Any]) -> Observation:
-    """An Observation of product vectors: ``(1, D, H, W)``, NaN where the product has no data."""
-    vals = np.where(valid[None], values, np.nan).astype(np.float32)
+    """An Observation of product vectors: ``(1, D, H, W)``, NaN where the product has no data
+    (`values` is changed in place)."""
+    vals = np.asarray(values, np.float32)
+    if not valid.all():
+        vals[:, ~valid] = np.nan
     meta = {"product": spec.id, "year": year, "coverage": round(float(valid[roi].mean()) if roi.any() else 0.0, 6),
             **meta}
     return make_observation(vals[None], valid[None], grid, spec.bands, [date(year, 7, 1)], roi, meta)
