@@ -480,3 +480,61 @@ def test_copernicus_embed_resolves_like_a_checkpoint_and_checks_its_hash(world, 
     local = api.get_embedding("copernicus-embed", BBox(10.3, 45.3, 10.6, 45.5),
                               weights=str(mirror / "torchgeo" / "copernicus_embed" / "embed_map_310k.tif"))
     assert local.dim == 768
+
+
+# ------------------------------------------------------------------- AlphaEarth via Earth Engine
+EE_TOKEN = "ya29.product-test-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def ee_server(world):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("ee")
+    w = world
+    root = w["root"] / "ee"
+    root.mkdir()
+    tif = w["data"] / "bucket" / "2022/32N/truth-0000000000-0000000000.tiff"
+    with rasterio.open(tif) as src:
+        bbox = list(transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21))
+    catalog = {"collections": {"GOOGLE/SATELLITE_EMBEDDING/V1/ANNUAL": {"kind": "tiles", "images": [
+        {"id": "truth_2022", "time": "2022-01-01T00:00:00Z", "file": str(tif), "bbox": bbox}]}}}
+    (root / "catalog.json").write_text(json.dumps(catalog))
+    ready = root / "port"
+    script = Path(__file__).parent / "servers" / "ee_server.py"
+    proc = subprocess.Popen([sys.executable, str(script), "--catalog", str(root / "catalog.json"), "--log",
+                             str(root / "log.jsonl"), "--ready", str(ready), "--token", EE_TOKEN])
+    t0 = time.time()
+    while not ready.exists():
+        assert proc.poll() is None and time.time() - t0 < 20, "the Earth Engine test server did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{int(ready.read_text())}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_earth_engine_route_gives_the_same_vectors_as_the_cogs(world, ee_server, monkeypatch, tmp_path):
+    import ee
+    from google.oauth2.credentials import Credentials
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NO_GCE_CHECK", "true")
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setattr(ee.deprecation, "_DEPRECATED_ASSETS_URL", ee_server + "/no-catalog.json")
+    w = world
+    place = _box(w, 0, 0, 24, 20)  # holds the nodata block
+    opts = {"project": "eoembed-tests", "credentials": Credentials(EE_TOKEN), "url": ee_server, "retries": 0,
+            "max_pixels_per_request": 200}
+    via_ee = api.get_embedding("alphaearth", place, Y2022, output=OutputSpec.grid(), source="gee",
+                               source_options=opts)
+    via_cog = api.get_embedding("alphaearth", place, Y2022, output=OutputSpec.grid(), model_config=_ae(w))
+    assert via_ee.meta["source"]["source"] == "gee" and via_cog.meta["source"]["source"] == "cog"
+    assert via_ee.grid == via_cog.grid
+    np.testing.assert_allclose(via_ee.to_numpy(), via_cog.to_numpy(), rtol=0, atol=1e-6, equal_nan=True)
+    assert np.isnan(via_ee.to_numpy()).any()
+    pooled = api.get_embedding("gse", place, Y2022, source="gee", source_options=opts).to_numpy()
+    np.testing.assert_allclose(pooled, api.get_embedding("alphaearth", place, Y2022, model_config=_ae(w)).to_numpy(),
+                               atol=1e-6)
+    ee.Reset()
