@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+import shapely.wkt
 from affine import Affine
 from eoembed import api
 from eoembed.embedders.registry import clear_cache
@@ -538,3 +539,33 @@ def test_earth_engine_route_gives_the_same_vectors_as_the_cogs(world, ee_server,
     np.testing.assert_allclose(pooled, api.get_embedding("alphaearth", place, Y2022, model_config=_ae(w)).to_numpy(),
                                atol=1e-6)
     ee.Reset()
+
+
+def test_geoparquet_index_tile_retries_and_no_secret_in_errors(world, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    w = world
+    rows = list(csv.DictReader(open(w["data"] / "bucket" / "aef_index.csv")))
+    table = pa.table({"path": [r["path"] for r in rows], "year": [int(r["year"]) for r in rows],
+                      "utm_zone": [r["utm_zone"] for r in rows],
+                      "geometry": [shapely.wkt.loads(r["WKT"]).wkb for r in rows]})
+    pq.write_table(table, w["data"] / "bucket" / "aef_index.parquet")
+    cfg = _ae(w, index=w["bucket"] + "/aef_index.parquet")
+    place = _box(w, 60, 60, 8, 8)
+    want = api.get_embedding("alphaearth", place, Y2022, model_config=_ae(w)).to_numpy()
+    mark = w["server"].mark()
+    w["server"].fault("/data/bucket/2022/32N/truth", status=503, count=2)  # the tile answers 503 twice
+    got = api.get_embedding("alphaearth", place, Y2022, model_config=cfg)
+    np.testing.assert_array_equal(got.to_numpy(), want)
+    assert sum(r["status"] == 503 for r in w["server"].since(mark)) == 2
+    w["server"].fault("", clear=True)
+    secret = "?sig=TOPSECRET123"
+    with pytest.raises(ProviderError) as err:
+        api.get_embedding("alphaearth", place, Y2022,
+                          model_config=_ae(w, index=w["bucket"] + "/missing.csv" + secret))
+    assert "TOPSECRET" not in str(err.value) and "HTTP 404" in str(err.value)
+    w["server"].fault("/data/bucket/2022/32N/truth", status=500, count=50)
+    with pytest.raises(ProviderError, match="after 2 attempts") as err:
+        api.get_embedding("alphaearth", place, Y2022, model_config={**cfg, "retries": 1})
+    w["server"].fault("", clear=True)
