@@ -324,6 +324,24 @@ def test_products_and_on_the_fly_models_in_one_export(world, tmp_path, make_tiff
     np.testing.assert_allclose(np.asarray(rows["b"]["embedding"], np.float32), single, rtol=1e-6, atol=1e-6)
 
 
+def test_product_only_export_on_dask_needs_no_imagery(world, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    w = world
+    places = {"a": _box(w, 20, 20, 16, 16), "b": _box(w, 40, 30, 12, 12)}
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None)
+    try:
+        with distributed.Client(cluster) as client:
+            summary = api.export_batch(places, Y2022, "alphaearth", tmp_path / "out", outputs="both",
+                                       executor="dask", scheduler=client, model_config={"alphaearth": _ae(w)})
+    finally:
+        cluster.close()
+    assert summary.failed == 0 and summary.ok == 4, summary.failures
+    tifs = sorted((tmp_path / "out").rglob("*.tif"))
+    assert tifs
+    with rasterio.open(tifs[0]) as src:
+        assert src.crs.to_epsg() == 32632 and src.count == 64 and src.res == (10.0, 10.0)
+
+
 def test_cli_embeds_with_a_product_and_its_options(world, tmp_path, capsys):
     from eoembed.cli import main
 
@@ -546,7 +564,8 @@ def test_geoparquet_index_tile_retries_and_no_secret_in_errors(world, tmp_path):
     import pyarrow.parquet as pq
 
     w = world
-    rows = list(csv.DictReader(open(w["data"] / "bucket" / "aef_index.csv")))
+    with open(w["data"] / "bucket" / "aef_index.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     table = pa.table({"path": [r["path"] for r in rows], "year": [int(r["year"]) for r in rows],
                       "utm_zone": [r["utm_zone"] for r in rows],
                       "geometry": [shapely.wkt.loads(r["WKT"]).wkb for r in rows]})
