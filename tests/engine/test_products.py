@@ -240,6 +240,19 @@ def test_pooled_mean_and_max_mask_nodata_and_polygon(world):
     np.testing.assert_allclose(poly, expect, rtol=1e-5, atol=2e-6)
 
 
+def test_a_product_grid_is_ready_for_similarity_and_clustering(world):
+    from eoembed.analysis import cosine_similarity_map, kmeans, reference_at
+
+    w = world
+    e = api.get_embedding("alphaearth", _box(w, 0, 0, 32, 32), Y2022, output=OutputSpec.grid(), model_config=_ae(w))
+    x, y = w["t32"] * (20.5, 20.5)
+    sim = cosine_similarity_map(e, reference_at(e, x, y)).to_numpy()[0]
+    assert sim[20, 20] == pytest.approx(1.0, abs=1e-5) and np.isnan(sim[0, 0])  # nodata stays out
+    assert np.allclose(sim[16:24, 16:24], 1.0, atol=1e-5)  # the same 8×8 block of the truth
+    labels = kmeans(e, 3).to_numpy()[0]
+    assert np.isnan(labels[0, 0]) and np.isfinite(labels[8:, 8:]).all()
+
+
 def test_four_tiles_mosaic_equals_the_single_tile(world):
     w = world
     place = _box(w, N // 2 - 10, N // 2 - 7, 20, 14)  # the corner where 4 tiles meet
@@ -295,6 +308,8 @@ def test_missing_year_tile_and_transient_failures(world):
     with pytest.raises(CapabilityError, match="give one year"):
         api.get_embedding("alphaearth", _box(w, 0, 0, 4, 4), TemporalSpec("2021-06-01", "2022-06-01"),
                           model_config=_ae(w))
+    with pytest.raises(CapabilityError, match="give one year"):
+        api.get_embedding("alphaearth", _box(w, 0, 0, 4, 4), model_config=_ae(w))  # no window at all
     with pytest.raises(CapabilityError, match="2017–2025"):
         api.get_embedding("alphaearth", _box(w, 0, 0, 4, 4), TemporalSpec.year(2016), model_config=_ae(w))
     with pytest.raises(ProviderError, match=r"no tile for the place at .*in 2019"):

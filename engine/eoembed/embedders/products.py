@@ -63,7 +63,7 @@ class ProductEmbedder(Embedder):
         if prep is not None and prep.mode == "tile":
             raise CapabilityError(f"model {self.model_id!r} is a precomputed product, so tiling does not apply; "
                                   "drop prep")
-        if temporal is not None:
+        if temporal is not None:  # (embed() checks again without a window)
             product_year(self.spec, temporal)
 
     def sensor_for(self, sensor: SensorSpec | None) -> SensorSpec:
