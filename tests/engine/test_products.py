@@ -23,7 +23,7 @@ from eoembed.embedders.registry import clear_cache
 from eoembed.errors import CapabilityError, EoembedError, ProviderError, WeightsError
 from eoembed.products.alphaearth import dequantize
 from eoembed.products.tile_index import clear_indexes
-from eoembed.specs import BBox, OutputSpec, TemporalSpec
+from eoembed.specs import BBox, OutputSpec, PointBuffer, TemporalSpec
 from pyproj import Transformer
 from rasterio.warp import Resampling, reproject, transform_bounds
 from test_provider_stac import Server
@@ -99,6 +99,11 @@ def world(tmp_path_factory):
     _write(tif, truth[:, ::-1, :].copy(), "EPSG:32632", up)
     _vrt(tif.with_suffix(".vrt"), tif.name, "EPSG:32632", up, N, N)
     add("sc", 2022, rel, "EPSG:32632", t32, N, N)
+    # 2018: the truth on a lattice half a pixel off the 10 m multiples
+    rel = "2018/32N/shifted-0000000000-0000000000.tiff"
+    ts = Affine(10, 0, x0 + 5, 0, -10, y0 - 5)
+    _write(data / "bucket" / rel, truth, "EPSG:32632", ts)
+    add("bucket", 2018, rel, "EPSG:32632", ts, N, N)
     # 2021: the same truth split into 4 tiles of 128 px
     h = N // 2
     for r in (0, 1):
@@ -215,6 +220,21 @@ def test_grid_values_nodata_lattice_and_range_reads(world):
     assert e.meta["source"]["tiles"] and e.meta["source"]["year"] == 2022
     assert e.meta["product"]["attribution"].startswith("The AlphaEarth")
     print(f"640 m-class place: {got_bytes} bytes of {size}, {wall:.3f} s")
+
+
+def test_a_lon_lat_place_lands_on_the_tiles_own_lattice(world):
+    w = world
+    ts = w["t32"] * Affine.translation(0.5, 0.5)  # the 2018 tile: origin (x0 + 5, y0 - 5)
+    lon, lat = Transformer.from_crs("EPSG:32632", "EPSG:4326", always_xy=True).transform(*(ts * (100, 100)))
+    e = api.get_embedding("alphaearth", PointBuffer(lon, lat, 160), TemporalSpec.year(2018),
+                          output=OutputSpec.grid(), model_config=_ae(w))
+    g = e.grid
+    assert g.crs == "EPSG:32632" and (g.width, g.height) == (32, 32)
+    col, row = ~ts * (g.transform.c, g.transform.f)
+    assert col == pytest.approx(round(col), abs=1e-6) and row == pytest.approx(round(row), abs=1e-6)
+    c0, r0 = int(round(col)), int(round(row))
+    want = dequantize(w["truth"][:, r0:r0 + 32, c0:c0 + 32])
+    np.testing.assert_array_equal(e.to_numpy(), want)
 
 
 def test_pooled_mean_and_max_mask_nodata_and_polygon(world):

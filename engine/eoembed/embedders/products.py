@@ -41,7 +41,7 @@ class ProductEmbedder(Embedder):
     def describe(self) -> ModelCard:
         s = self.spec
         return ModelCard(
-            id=self.model_id, family=self.family, summary=s.title, bands=s.bands, scale_m=s.scale_m,
+            id=self.model_id, family=self.family, summary=f"{s.title}. {s.attribution}", bands=s.bands, scale_m=s.scale_m,
             image_size=None, temporal="single", outputs=("pooled", "grid"), dim=s.dim,
             weights=f"none (precomputed product: {self.source_text()})", license=s.license, paper=s.paper,
             preprocessing=self.preprocessing(),
