@@ -20,7 +20,7 @@ import shapely.wkt
 from affine import Affine
 from eoembed import api
 from eoembed.embedders.registry import clear_cache
-from eoembed.errors import CapabilityError, EoembedError, ProviderError, WeightsError
+from eoembed.errors import CapabilityError, ProviderError, WeightsError
 from eoembed.products.alphaearth import dequantize
 from eoembed.products.tile_index import clear_indexes
 from eoembed.specs import BBox, OutputSpec, PointBuffer, TemporalSpec
@@ -424,7 +424,23 @@ def tessera_store(world):
     z.create_array("time", shape=(2,), dtype="int32")[:] = [2021, 2022]
     z.create_array("x", shape=(wd,), dtype="float64")[:] = t.c + 10 * (np.arange(wd) + 0.5)
     z.create_array("y", shape=(h,), dtype="float64")[:] = t.f - 10 * (np.arange(h) + 0.5)
-    return {"q": q, "s": s, "t": t, "url": w["server"].base + "/data/tessera.zarr", "root": root}
+    # the published layout: a group per zone and hemisphere ("32N"), axes found by their names
+    # (here the band axis last), years as dates, CRS under "crs", the lattice only in x/y
+    pub = zarr.open_group(str(w["data"] / "published.zarr"), mode="w", zarr_format=3)
+    g = pub.create_group("32N")
+    g.attrs.update({"crs": "EPSG:32632"})
+    e2 = g.create_array("embeddings", shape=(2, h, wd, 128), dtype="int8", chunks=(1, 32, 32, 128),
+                        dimension_names=("time", "y", "x", "band"))
+    e2[:] = np.moveaxis(q, 1, -1)
+    s2 = g.create_array("scales", shape=s.shape, dtype="float32", chunks=(1, 32, 32), fill_value=float("nan"),
+                        dimension_names=("time", "y", "x"))
+    s2[:] = s
+    g.create_array("time", shape=(2,), dtype="int32", attributes={"units": "days since 1970-01-01"})[:] = [
+        (np.datetime64(f"{y}-01-01") - np.datetime64("1970-01-01")).astype(int) for y in (2021, 2022)]
+    g.create_array("x", shape=(wd,), dtype="float64")[:] = t.c + 10 * (np.arange(wd) + 0.5)
+    g.create_array("y", shape=(h,), dtype="float64")[:] = t.f - 10 * (np.arange(h) + 0.5)
+    return {"q": q, "s": s, "t": t, "url": w["server"].base + "/data/tessera.zarr", "root": root,
+            "published": w["server"].base + "/data/published.zarr"}
 
 
 def test_tessera_zarr_values_by_coordinates_and_chunk_reads(world, tessera_store):
@@ -443,6 +459,10 @@ def test_tessera_zarr_values_by_coordinates_and_chunk_reads(world, tessera_store
     pooled = api.get_embedding("tessera", place, Y2021, model_config={"store": ts["url"]}).to_numpy()
     np.testing.assert_allclose(pooled, (ts["q"][0, :, 50:66, 40:60] * ts["s"][0, 50:66, 40:60]).reshape(128, -1)
                                .mean(1), rtol=1e-5, atol=2e-6)
+    same = api.get_embedding("tessera", place, Y2022, output=OutputSpec.grid(),
+                             model_config={"store": ts["published"]})
+    assert same.grid == e.grid and same.meta["source"]["groups"] == ["32N"]
+    np.testing.assert_allclose(same.to_numpy(), e.to_numpy(), rtol=1e-6, atol=1e-6)
 
 
 def test_tessera_gaps_are_one_sentence_naming_place_and_year(world, tessera_store):
@@ -453,12 +473,12 @@ def test_tessera_gaps_are_one_sentence_naming_place_and_year(world, tessera_stor
         (x0, y0), (x1, y1) = t * (c0, r0), t * (c0 + n, r0 + n)
         return BBox(x0, y1, x1, y0, crs="EPSG:32632")
 
-    with pytest.raises(ProviderError, match=r"no embeddings for the place at .*°E, .*°N in 2022: it is water"):
+    with pytest.raises(ProviderError, match=r"no embeddings for the place at .*°E, .*°N in 2022: it is not embedded"
+                                            r" there \(water, or too few clear observations that year\)"):
         api.get_embedding("tessera", box(4, 4), Y2022, model_config={"store": ts["url"]})
     with pytest.raises(ProviderError, match="in 2022: that land is not processed yet"):
         api.get_embedding("tessera", box(40, 4), Y2022, model_config={"store": ts["url"]})
-    with pytest.raises(EoembedError, match="store="):
-        api.get_embedding("tessera", box(40, 4), Y2022)
+    assert "cambridge.zarr" in api.describe_model("tessera").weights  # the published copy by default
 
 
 def test_tessera_legacy_tiles(world, tessera_store, tmp_path):

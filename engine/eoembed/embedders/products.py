@@ -169,9 +169,10 @@ class AlphaEarthEmbedder(ProductEmbedder):
 
 
 class TesseraEmbedder(ProductEmbedder):
-    """Tessera v1.1 annual (128-d, 10 m). Options: `store` (a Zarr store in the geo-embeddings
-    layout) or `tiles` (the legacy ``grid_<lon>_<lat>`` tiles, with `landmasks`), and
-    `retries`, `backoff`, `timeout`."""
+    """Tessera v1.1 annual (128-d, 10 m). Options: `store` (a Zarr v3 store in the geo-embeddings
+    layout, an http(s) URL, ``s3://`` URL or folder; default the published plain Zarr copy) or
+    `tiles` (the legacy ``grid_<lon>_<lat>`` tiles, with `landmasks`), and `retries`, `backoff`,
+    `timeout`."""
 
     from ..products import tessera as _mod
 
@@ -186,24 +187,21 @@ class TesseraEmbedder(ProductEmbedder):
 
     def source_text(self) -> str:
         o = self.options
-        if o.get("store"):
-            return f"Zarr store {redact(o['store'])}"
-        return f"tiles {redact(o['tiles'])}" if o.get("tiles") else "set store= or tiles= in the model options"
+        if o.get("tiles"):
+            return f"tiles {redact(o['tiles'])}"
+        return f"Zarr store {redact(o.get('store') or self._mod.DEFAULT_STORE)}"
 
     def preprocessing(self) -> dict[str, Any]:
         return {**super().preprocessing(), "dequantization": "int8 * per-pixel float32 scale",
                 "gaps": "NaN scale = water, infinite scale = not processed"}
 
     def route(self, provider: Provider) -> str:
-        return "zarr" if self.options.get("store") else "tiles"
+        return "tiles" if self.options.get("tiles") else "zarr"
 
     def make_reader(self, route: str, provider: Provider) -> ProductReader:
         o = self.options
-        if not (o.get("store") or o.get("tiles")):
-            raise SpecError("tessera needs store=<URL or folder of a Tessera Zarr store> or tiles=<URL or folder of "
-                            "the grid_<lon>_<lat> tiles> in its model options")
         if route == "zarr":
-            return self._mod.TesseraZarr(o["store"], **self.http_options())
+            return self._mod.TesseraZarr(o.get("store"), **self.http_options())
         return self._mod.TesseraTiles(o["tiles"], o.get("landmasks"), **self.http_options())
 
 

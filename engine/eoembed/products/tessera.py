@@ -1,10 +1,13 @@
 """Tessera (annual, 128-d, 10 m): the Zarr store in the geo-embeddings convention, and the
 legacy 0.1° ``grid_<lon>_<lat>`` tiles.
 
-Zarr store (``geotessera`` layout): one group per UTM zone, ``utm<zz>/`` with ``embeddings``
-int8 ``(time, band, y, x)``, ``scales`` float32 ``(time, y, x)``, ``time`` (years), ``x``/``y``
+Zarr store: one group per UTM zone and hemisphere (``33N``, ``33S`` in the published store;
+``utm33`` as geotessera writes it) with ``embeddings`` int8 ``(time, band, y, x)`` (axes found by
+their Zarr dimension names), ``scales`` float32 ``(time, y, x)``, ``time`` (years), ``x``/``y``
 pixel centres, and ``proj:code`` / ``spatial:transform`` attributes. A vector is
-``embeddings × scale``; a NaN scale is water, an infinite one land not yet embedded.
+``embeddings × scale``; a NaN scale is not embedded (water, or too few clear observations), an
+infinite one land not processed yet. The default is the published plain Zarr copy, read over
+HTTPS chunk by chunk (the Icechunk original needs the icechunk library and S3).
 Legacy tiles: ``<root>/<year>/grid_<lon>_<lat>/grid_<lon>_<lat>.npy`` ``(H, W, 128)`` int8 and
 ``…_scales.npy`` ``(H, W)``, georeferenced by ``<landmasks>/grid_<lon>_<lat>.tiff``.
 """
@@ -53,14 +56,17 @@ SPEC = ProductSpec(
 )
 
 
-def _zones(spatial: SpatialSpec) -> list[int]:
-    w, _, e, _ = lonlat_bounds(spatial)
+def _zones(spatial: SpatialSpec) -> list[tuple[int, bool]]:
+    """(UTM zone, north?) pairs a place touches."""
+    w, s, e, n = lonlat_bounds(spatial)
     first, last = int((w + 180) // 6) + 1, int((min(e, 179.999999) + 180) // 6) + 1
-    return list(range(max(1, first), min(60, last) + 1))
+    halves = [h for h, hit in ((True, n >= 0), (False, s < 0)) if hit]
+    return [(z, h) for z in range(max(1, first), min(60, last) + 1) for h in halves]
 
 
 class _Gaps:
-    """Why pixels are missing: water (NaN scale) or land not yet embedded (infinite scale)."""
+    """Why pixels are missing: not embedded (NaN scale: water, or too few clear observations) or
+    land not processed yet (infinite scale)."""
 
     def __init__(self) -> None:
         self.water = self.pending = 0
@@ -73,7 +79,7 @@ class _Gaps:
     def error(self, spatial: SpatialSpec, year: int) -> ProviderError:
         where = place_text(spatial)
         if self.water and not self.pending:
-            why = "it is water, which Tessera does not embed"
+            why = "it is not embedded there (water, or too few clear observations that year)"
         elif self.pending:
             why = "that land is not processed yet for this year"
         else:
@@ -82,18 +88,72 @@ class _Gaps:
                              "place, or an on-the-fly model")
 
 
+#: The published plain Zarr v3 copy of the TESSERA v1.1 global store (anonymous reads over HTTPS;
+#: the same data as the Icechunk store ``s3://tessera-embeddings/v1.1/dclimate.icechunk``).
+DEFAULT_STORE = "https://tessera-embeddings.s3.us-west-2.amazonaws.com/v1.1/cambridge.zarr"
+_AXES = {"time": ("time", "t", "year"), "band": ("band", "bands", "dim", "dims", "embedding", "channel"),
+         "y": ("y", "northing", "lat"), "x": ("x", "easting", "lon")}
+
+
+def store_url(url: str, region: str = "us-west-2") -> str:
+    """An http(s) URL (or a folder) for a store given as ``s3://bucket/prefix`` or as is."""
+    if url.startswith("s3://"):
+        bucket, _, prefix = url[5:].partition("/")
+        return f"https://{bucket}.s3.{region}.amazonaws.com/{prefix}".rstrip("/")
+    return url.rstrip("/")
+
+
+def _axes(arr: Any, want: tuple[str, ...]) -> tuple[int, ...]:
+    """Positions of the `want` axes in `arr`, from its Zarr v3 dimension names (else the convention's
+    order)."""
+    names = [str(n).lower() if n is not None else "" for n in (getattr(arr.metadata, "dimension_names", None) or ())]
+    if len(names) != arr.ndim or not all(names):
+        return tuple(range(len(want)))
+    out = []
+    for axis in want:
+        hit = [i for i, n in enumerate(names) if n in _AXES[axis]]
+        if not hit:
+            raise ProviderError(f"a Tessera array has dimensions {names}; it lacks {axis!r}, so it is not in the "
+                                "geo-embeddings layout")
+        out.append(hit[0])
+    return tuple(out)
+
+
+def _read(arr: Any, want: tuple[str, ...], sel: dict[str, Any]) -> np.ndarray:
+    """`arr` sliced by axis name and returned in the `want` order."""
+    pos = _axes(arr, want)
+    index: list[Any] = [slice(None)] * arr.ndim
+    for axis, p in zip(want, pos):
+        index[p] = sel.get(axis, slice(None))
+    data = np.asarray(arr[tuple(index)])
+    kept = [p for axis, p in zip(want, pos) if not isinstance(sel.get(axis), int)]
+    order = sorted(kept)
+    return np.transpose(data, [order.index(p) for p in kept])
+
+
+def _years(arr: Any) -> list[int]:
+    v = np.asarray(arr[:]).ravel()
+    if np.issubdtype(v.dtype, np.datetime64):
+        return [int(str(t)[:4]) for t in v.astype("datetime64[Y]")]
+    units = str(dict(arr.attrs).get("units", ""))
+    if units.startswith("days since"):
+        base = np.datetime64(units.split("since", 1)[1].strip()[:10])
+        return [int(str(base + np.timedelta64(int(d), "D"))[:4]) for d in v]
+    return [int(x) for x in v]
+
+
 class TesseraZarr(ProductReader):
-    """Tessera from a Zarr store in the geo-embeddings convention, read chunk by chunk."""
+    """Tessera from a Zarr v3 store in the geo-embeddings convention (groups ``33N`` / ``33S`` as
+    published, or ``utm33`` as geotessera writes them), reading only the chunks a place needs."""
 
     spec = SPEC
     route = "zarr"
 
-    def __init__(self, url: str, *, retries: int = 3, backoff: float = 0.5, timeout: float = 60.0) -> None:
-        if not isinstance(url, str) or not url.strip():
-            raise SpecError("tessera needs store=<URL or folder of a Tessera Zarr store>")
-        self.url = url.rstrip("/")
+    def __init__(self, url: str | None = None, *, region: str = "us-west-2", retries: int = 3,
+                 backoff: float = 0.5, timeout: float = 60.0) -> None:
+        self.url = store_url(url or DEFAULT_STORE, region)
         self.remote = Remote(retries=retries, backoff=backoff, timeout=timeout)
-        self._groups: dict[int, Any] = {}
+        self._groups: dict[tuple[int, bool], Any] = {}
         self._lock = threading.Lock()
 
     def describe(self) -> dict[str, Any]:
@@ -106,77 +166,86 @@ class TesseraZarr(ProductReader):
         anchor = (0.0, 0.0)
         zone = crs.utm_zone
         if zone:
-            group = self._group(int(zone[:-1]))
-            if group is not None:
+            group = self._group(int(zone[:-1]), zone[-1].upper() == "N")
+            if group is not None and parse_grid_crs(group["crs"]) == crs:
                 t = group["transform"]
                 anchor = (t.c, t.f)
         return FetchRequest(spatial, roi_grid(spatial, self.spec.scale_m, crs=crs, anchor=anchor), temporal,
                             sensor, None)
 
-    def _group(self, zone: int) -> dict[str, Any] | None:
-        with self._lock:
-            if zone in self._groups:
-                return self._groups[zone]
+    def _open(self, zone: int, north: bool) -> tuple[Any, str] | None:
         import zarr
 
         from .zarr_http import HttpZarrStore
 
         store = HttpZarrStore(self.url, self.remote)
-        try:
-            g = zarr.open_group(store, path=f"utm{zone:02d}", mode="r", zarr_format=3, use_consolidated=False)
-        except (FileNotFoundError, KeyError, NotFound):
-            info = None
-        except ProviderError:
-            raise
-        except Exception as exc:
-            raise ProviderError(f"the Tessera store at {redact(self.url)} could not be opened ({redact(exc)}); "
-                                "check store=") from None
-        else:
+        for name in (f"{zone:02d}{'N' if north else 'S'}", f"utm{zone:02d}"):
+            try:
+                return zarr.open_group(store, path=name, mode="r", zarr_format=3, use_consolidated=False), name
+            except (FileNotFoundError, KeyError, NotFound):
+                continue
+            except ProviderError:
+                raise
+            except Exception as exc:
+                raise ProviderError(f"the Tessera store at {redact(self.url)} could not be opened ({redact(exc)}); "
+                                    "check store=") from None
+        return None
+
+    def _group(self, zone: int, north: bool) -> dict[str, Any] | None:
+        key = (zone, north)
+        with self._lock:
+            if key in self._groups:
+                return self._groups[key]
+        found = self._open(zone, north)
+        info = None
+        if found is not None:
+            g, name = found
             attrs = dict(g.attrs)
-            crs = str(attrs.get("proj:code") or f"EPSG:{32600 + zone}")
+            code = attrs.get("proj:code") or attrs.get("crs")
+            if isinstance(code, int) or (isinstance(code, str) and code.isdigit()):
+                code = f"EPSG:{code}"
+            crs = str(code or f"EPSG:{(32600 if north or name.startswith('utm') else 32700) + zone}")
             if "spatial:transform" in attrs:
                 transform = Affine(*[float(v) for v in attrs["spatial:transform"][:6]])
             else:
                 x, y = g["x"][:2], g["y"][:2]
                 dx, dy = float(x[1] - x[0]), float(y[1] - y[0])
                 transform = Affine(dx, 0, float(x[0]) - dx / 2, 0, dy, float(y[0]) - dy / 2)
-            years = [int(v) for v in np.asarray(g["time"][:]).ravel()]
-            info = {"group": g, "crs": crs, "transform": transform, "years": years}
+            info = {"group": g, "name": name, "crs": crs, "transform": transform, "years": _years(g["time"])}
         with self._lock:
-            self._groups[zone] = info
+            self._groups[key] = info
         return info
 
     def fetch(self, request: FetchRequest) -> Observation:
         spatial, grid = request.spatial, request.grid
         year = product_year(self.spec, request.temporal)
-        out = np.zeros((self.spec.dim, grid.height, grid.width), np.float32)
+        out = np.full((self.spec.dim, grid.height, grid.width), np.nan, np.float32)
         valid = np.zeros((grid.height, grid.width), bool)
         gaps = _Gaps()
-        work_zone = pyproj.CRS.from_user_input(grid.crs).utm_zone
-        zones = sorted(_zones(spatial), key=lambda z: f"{z}" != (work_zone or "")[:-1])
-        for zone in zones:
-            info = self._group(zone)
-            if info is None or year not in info["years"]:
+        work = pyproj.CRS.from_user_input(grid.crs).utm_zone or ""
+        for zone, north in sorted(_zones(spatial), key=lambda zn: f"{zn[0]}{'N' if zn[1] else 'S'}" != work):
+            info = self._group(zone, north)
+            if info is None or year not in info["years"] or info["name"] in gaps.sources:
                 continue
             g, t = info["group"], info["transform"]
             emb, scales = g["embeddings"], g["scales"]
-            _, _, h, w = emb.shape
+            h, w = (emb.shape[i] for i in _axes(emb, ("time", "band", "y", "x"))[2:])
             win = window_for(grid, info["crs"], t, h, w)
             if win is None:
                 continue
             r0, r1, c0, c1 = win
-            ti = info["years"].index(year)
+            sel = {"time": info["years"].index(year), "y": slice(r0, r1), "x": slice(c0, c1)}
             try:
-                s = np.asarray(scales[ti, r0:r1, c0:c1], np.float32)
-                q = np.asarray(emb[ti, :, r0:r1, c0:c1], np.float32)
+                sc = _read(scales, ("time", "y", "x"), sel).astype(np.float32)
+                q = _read(emb, ("time", "band", "y", "x"), sel).astype(np.float32)
             except ProviderError:
                 raise
             except Exception as exc:
                 raise ProviderError(f"reading the Tessera store at {redact(self.url)} failed ({redact(exc)})") from None
-            gaps.add(s)
-            vals = q * np.where(np.isfinite(s), s, np.nan)[None]
+            gaps.add(sc)
+            vals = q * np.where(np.isfinite(sc), sc, np.nan)[None]
             put_on_grid(vals, t * Affine.translation(c0, r0), info["crs"], grid, out, valid)
-            gaps.sources.append(f"utm{zone:02d}")
+            gaps.sources.append(info["name"])
         roi = roi_mask(spatial, grid)
         if not (valid & roi).any():
             raise gaps.error(spatial, year)
