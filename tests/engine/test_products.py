@@ -614,7 +614,7 @@ def test_earth_engine_route_gives_the_same_vectors_as_the_cogs(world, ee_server,
     ee.Reset()
 
 
-def test_geoparquet_index_tile_retries_and_no_secret_in_errors(world, tmp_path):
+def test_geoparquet_index_tile_retries_and_no_secret_in_errors(world, tmp_path, caplog):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -640,6 +640,11 @@ def test_geoparquet_index_tile_retries_and_no_secret_in_errors(world, tmp_path):
                           model_config=_ae(w, index=w["bucket"] + "/missing.csv" + secret))
     assert "TOPSECRET" not in str(err.value) and "HTTP 404" in str(err.value)
     w["server"].fault("/data/bucket/2022/32N/truth", status=500, count=50)
-    with pytest.raises(ProviderError, match="after 2 attempts") as err:
+    with pytest.raises(ProviderError, match="after 2 attempts"):
         api.get_embedding("alphaearth", place, Y2022, model_config={**cfg, "retries": 1})
     w["server"].fault("", clear=True)
+    caplog.set_level("INFO")
+    w["server"].fault("/data/bucket/aef_index.parquet", status=503, count=1)
+    signed = _ae(w, index=w["bucket"] + "/aef_index.parquet" + secret)
+    assert api.get_embedding("alphaearth", place, Y2022, model_config=signed).dim == 64
+    assert "HTTP 503" in caplog.text and "<redacted>" in caplog.text and "TOPSECRET" not in caplog.text

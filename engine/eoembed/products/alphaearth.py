@@ -154,9 +154,6 @@ class AlphaEarthCOG(ProductReader):
         grid = roi_grid(spatial, self.spec.scale_m, crs=crs, anchor=anchor)
         return FetchRequest(spatial, grid, temporal, sensor, None)
 
-    def grid_for(self, spatial: SpatialSpec, sensor: SensorSpec) -> GridSpec:
-        return roi_grid(spatial, self.spec.scale_m)
-
     # -- pixels ---------------------------------------------------------------------------------
     def _window(self, href: str, grid: GridSpec) -> tuple[np.ndarray, Affine, str] | None:
         """The de-quantised part of one tile that covers `grid` (NaN = nodata), as a north-up

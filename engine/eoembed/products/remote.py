@@ -92,7 +92,7 @@ class Remote:
                 delay = min(self.backoff * 2**attempt * random.uniform(0.5, 1.5), 30.0)
                 with self._lock:
                     self.stats["http_retries"] += 1
-                log.info("%s failed (%s); retry %d of %d in %.2f s", what, redact(exc), attempt + 1,
+                log.info("%s failed (%s); retry %d of %d in %.2f s", redact(what), redact(exc), attempt + 1,
                          self.retries, delay)
                 time.sleep(delay)
         raise AssertionError("unreachable")
