@@ -397,6 +397,32 @@ def test_cli_embeds_with_a_product_and_its_options(world, tmp_path, capsys):
     assert "precomputed" in capsys.readouterr().out
 
 
+def test_qgis_worker_embeds_a_product_without_imagery(world, tmp_path):
+    """The plugin's worker script (engine side of the QGIS plugin) runs a product job whose
+    imagery source is empty: the product reads its own data."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    w = world
+    t = w["t32"]
+    places = [{"id": f"p{i}", "wkt": shapely.Point(*(t * (c, c))).wkt} for i, c in enumerate((40, 80))]
+    job = {"name": "aef", "out_dir": str(tmp_path / "out"), "places": places, "crs": "EPSG:32632",
+           "buffer_m": 50.0, "model": "alphaearth", "output": "pooled", "source": {"kind": "local", "paths": []},
+           "temporal": {"start": "2022-01-01", "end": "2023-01-01"}, "model_config": _ae(w)}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    worker = Path(__file__).parents[2] / "qgis_plugin" / "eoembed_qgis" / "worker.py"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "engine"),
+           "EOEMBED_PRODUCTS_CACHE": str(tmp_path / "cache")}
+    run = subprocess.run([sys.executable, str(worker), str(tmp_path / "job.json")], capture_output=True, text=True,
+                         env=env, timeout=300)
+    events = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    result = [e for e in events if e["event"] == "result"]
+    assert run.returncode == 0 and result, run.stdout[-2000:] + run.stderr[-2000:]
+    assert result[0]["dim"] == 64 and Path(result[0]["pooled"]).is_file()
+
+
 # ------------------------------------------------------------------------------------- Tessera
 @pytest.fixture(scope="module")
 def tessera_store(world):
