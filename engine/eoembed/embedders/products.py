@@ -114,7 +114,8 @@ class ProductEmbedder(Embedder):
             raise ProviderError(f"{self.spec.id} has no valid pixel inside the place; choose another place or year")
         w = weight.reshape(-1)
         keep = np.flatnonzero(w > 0)
-        picked = values.reshape(values.shape[0], -1)[:, keep]  # only valid pixels inside the place
+        flat = values.reshape(values.shape[0], -1)
+        picked = flat if keep.size == flat.shape[1] else flat[:, keep]  # valid pixels inside the place
         if output.pooling == "max":
             vec = picked.max(axis=1)
         else:

@@ -237,13 +237,13 @@ class TesseraZarr(ProductReader):
             sel = {"time": info["years"].index(year), "y": slice(r0, r1), "x": slice(c0, c1)}
             try:
                 sc = _read(scales, ("time", "y", "x"), sel).astype(np.float32)
-                q = _read(emb, ("time", "band", "y", "x"), sel).astype(np.float32)
+                vals = _read(emb, ("time", "band", "y", "x"), sel).astype(np.float32)
             except ProviderError:
                 raise
             except Exception as exc:
                 raise ProviderError(f"reading the Tessera store at {redact(self.url)} failed ({redact(exc)})") from None
             gaps.add(sc)
-            vals = q * np.where(np.isfinite(sc), sc, np.nan)[None]
+            vals *= np.where(np.isfinite(sc), sc, np.nan)[None]  # in place: a 10 km place is ~0.5 GB
             put_on_grid(vals, t * Affine.translation(c0, r0), info["crs"], grid, out, valid)
             gaps.sources.append(info["name"])
         roi = roi_mask(spatial, grid)
