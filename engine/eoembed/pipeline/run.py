@@ -21,7 +21,8 @@ from ..export.atomic import atomic_path
 from ..export.layout import RUN_NAME
 from ..export.manifest import MANIFEST_NAME, Manifest
 from ..features import Place
-from ..providers import Provider, open_provider
+from ..products import open_for, route_products
+from ..providers import Provider
 from ..specs import FrameSpec, InputPrep, OutputSpec, SensorSpec, SpatialSpec, TemporalSpec
 from .budget import ThreadBudget, plan_threads, using_torch_threads
 from .consolidate import consolidate_grids, consolidate_pooled
@@ -126,7 +127,7 @@ def run_export(
                        device=device, weights=weights, model_config=model_config)
     if executor == "dask" and any(isinstance(j.model, Embedder) for j in jobs):
         raise SpecError("executor='dask' needs model ids (strings), not Embedder instances, so workers can build them")
-    provider = open_provider(source, **(source_options or {}))
+    provider = open_for(source, source_options, [j.embedder() for j in jobs])
     try:
         return _run(place_list, jobs, provider, temporal, out, t0=t0, source=source, source_options=source_options,
                     prep=prep, chunk_size=chunk_size, budget=plan_threads(provider, workers, torch_threads),
@@ -145,6 +146,7 @@ def _run(
 ) -> ExportSummary:
     """The run once everything is resolved: plan, execute, consolidate (see :func:`run_export`)."""
     provider_sig = json.dumps(provider.describe(), sort_keys=True, default=str)
+    provider = route_products(provider, [j.embedder() for j in jobs])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     clean_partial_files(out)
