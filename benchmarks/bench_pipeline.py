@@ -174,7 +174,7 @@ def _stac_stats(url: str, reset: bool = False) -> dict[str, int]:
 
 
 def measure(mode: str, model: str, n: int, cogs_dir: Path, chunk_size: int, latency_ms: float = 0.0,
-            stac_url: str | None = None) -> dict[str, Any]:
+            stac_url: str | None = None, torch_threads: int | None = None) -> dict[str, Any]:
     """One measurement in this process: the end-to-end export, then the pure forward pass on the
     same kind of tensors (already fetched observations of up to 512 of the same ROIs).
 
@@ -225,7 +225,8 @@ def measure(mode: str, model: str, n: int, cogs_dir: Path, chunk_size: int, late
     try:
         with tempfile.TemporaryDirectory() as tmp:
             t, c = time.perf_counter(), _cpu_s()
-            s = eoembed.export_batch(places, window, [emb], Path(tmp) / "out", source=source, chunk_size=chunk_size)
+            s = eoembed.export_batch(places, window, [emb], Path(tmp) / "out", source=source, chunk_size=chunk_size,
+                                     torch_threads=torch_threads)
             dt, dc = time.perf_counter() - t, _cpu_s() - c
             threads = json.loads((Path(tmp) / "out" / "run.json").read_text()).get("threads")
     finally:
@@ -277,10 +278,11 @@ def measure(mode: str, model: str, n: int, cogs_dir: Path, chunk_size: int, late
 # driver
 # ---------------------------------------------------------------------------------------------
 def _run(mode: str, model: str, n: int, cogs_dir: Path, chunk_size: int, latency_ms: float,
-         stac_url: str | None = None) -> dict[str, Any]:
+         stac_url: str | None = None, torch_threads: int | None = None) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--measure", mode, "--model", model, "--n", str(n), "--cogs", str(cogs_dir),
            "--latency-ms", str(latency_ms),
-           "--chunk-size", str(chunk_size)] + (["--stac-url", stac_url] if stac_url else [])
+           "--chunk-size", str(chunk_size)] + (["--stac-url", stac_url] if stac_url else []) \
+        + (["--torch-threads", str(torch_threads)] if torch_threads else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
@@ -380,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--one-by-one-max", type=int, default=512, help="largest N for the sequential run")
     ap.add_argument("--latency-ms", type=float, default=0.0,
                     help="add this delay to every local fetch, as a stand-in for a remote source")
+    ap.add_argument("--torch-threads", type=int, default=None,
+                    help="override the thread budget's torch threads (e.g. 2 to see what torch's default costs)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -388,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.measure:
         print(json.dumps(measure(args.measure, args.model, int(args.n), Path(args.cogs), args.chunk_size,
-                                 args.latency_ms, args.stac_url)))
+                                 args.latency_ms, args.stac_url, args.torch_threads)))
         return 0
     if not TILES.is_dir():
         print(f"skipped: {TILES} is absent", file=sys.stderr)
@@ -421,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
                         for mode, lat in runs:
                             url = servers[lat].base if mode == "stac" else None
                             r = _run(mode, model, n, cogs_dir, args.chunk_size,
-                                     lat if mode == "stac" else args.latency_ms, url)
+                                     lat if mode == "stac" else args.latency_ms, url, args.torch_threads)
                             rows.append(r)
                             print(json.dumps(r), file=sys.stderr)
         finally:
