@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@'\"<>]+@")
 _QUERY = re.compile(r"(https?://[^\s?'\"<>]+)\?[^\s'\"<>]*")
 _PARAMS = re.compile(
     r"(?i)\b(sig|token|se|st|sv|sp|skoid|sktid|key|api_key|access_token|refresh_token|client_secret|"
@@ -26,7 +27,8 @@ _JSON_SECRETS = re.compile(
 
 def redact(text: object) -> str:
     """`text` without URL query strings, SAS signatures, tokens, keys or bearer credentials."""
-    out = _QUERY.sub(r"\1?<redacted>", str(text))
+    out = _USERINFO.sub(r"\1<redacted>@", str(text))
+    out = _QUERY.sub(r"\1?<redacted>", out)
     out = _PARAMS.sub(r"\1=<redacted>", out)
     out = _BEARER.sub("Bearer <redacted>", out)
     out = _GOOGLE_TOKEN.sub("<redacted>", out)

@@ -17,10 +17,12 @@ What real catalogues do and how it is handled:
   (same datatake) are merged into one scene before compositing, so overlapping tiles are
   not counted twice by the median.
 * **Clouds** — the ``SCL`` band masks no-data, saturated, cloud-shadow, cloud and cirrus pixels.
-* **Transient failures** — searches, token requests and COG reads are retried with
-  exponential backoff and jitter (HTTP 408/429/5xx and connection errors), `retries` times at
-  most; GDAL's own HTTP retries and its cache of failed URLs are switched off for these reads,
-  so that one policy applies and a failure is never replayed from a cache.
+* **Transient failures** — searches, token requests and COG reads (open and read) are retried
+  with exponential backoff and jitter, `retries` times at most, when :mod:`.transient` finds
+  the cause transient (HTTP 408/429/5xx, timeouts, resets, replies cut short); GDAL's own HTTP
+  retries and its cache of failed URLs are switched off for these reads, so that one policy
+  applies and a failure is never replayed from a cache. A permanent failure is one sentence
+  naming the (redacted) URL and the HTTP status.
 * **Secrets** — signed URLs and tokens never appear in errors or meta, and the loggers of
   rasterio and pystac-client (which log dataset URLs) get a redacting filter.
 """
@@ -54,6 +56,7 @@ from .base import FetchRequest, Observation, Provider, make_observation
 from .composite import composite, frame_series
 from .raster_io import read_to_grid
 from .redact import install_log_redaction, redact
+from .transient import RemoteFailure, classify, probe
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,15 +75,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sas_url": "https://planetarycomputer.microsoft.com/api/sas/v1",
     },
 }
-_TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
 # Earth Search asset keys that the generic band aliases do not cover.
 _EXTRA_KEYS = {"nir09": "B09", "wvp": None, "aot": None, "visual": None, "tci": None}
 _COG_TYPES = ("image/tiff", "image/vnd.stac.geotiff")
-_GDAL_TRANSIENT = re.compile(
-    r"HTTP response code: (408|429|5\d\d)|timed out|Timeout|Connection (refused|reset|closed)|"
-    r"Couldn't connect|Could not resolve|SSL|Recv failure|Send failure|transfer closed",
-    re.IGNORECASE,
-)
 
 
 @dataclass
@@ -194,29 +191,8 @@ def parse_item(item: dict[str, Any]) -> StacItem | None:
     )
 
 
-def _status_of(exc: BaseException) -> int | None:
-    status = getattr(exc, "status_code", None)
-    if status is None:
-        resp = getattr(exc, "response", None)
-        status = getattr(resp, "status_code", None)
-    return int(status) if status is not None else None
-
-
 def _is_transient(exc: BaseException) -> bool:
-    import requests
-    from pystac_client.exceptions import APIError
-
-    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
-        return True
-    if isinstance(exc, RasterioIOError):
-        return bool(_GDAL_TRANSIENT.search(str(exc)))
-    if isinstance(exc, requests.HTTPError):
-        return _status_of(exc) in _TRANSIENT_STATUS
-    if isinstance(exc, APIError):
-        status = _status_of(exc)
-        # pystac-client wraps connection failures in an APIError without a status
-        return status is None or status in _TRANSIENT_STATUS
-    return False
+    return classify(exc).transient
 
 
 class StacProvider(Provider):
@@ -448,25 +424,31 @@ class StacProvider(Provider):
         """Band 1 of the COG at `href` on `grid` (only the window the grid needs): values, validity."""
 
         def read() -> tuple[np.ndarray, np.ndarray]:
-            with rasterio.Env(**self._gdal_env()), rasterio.open(self.sign(href)) as src:
-                vals, ok = read_to_grid(src, [1], grid, resampling, nodata)
-                return vals[0], ok
+            url = self.sign(href)
+            try:
+                with rasterio.Env(**self._gdal_env()), rasterio.open(url) as src:
+                    vals, ok = read_to_grid(src, [1], grid, resampling, nodata)
+                    return vals[0], ok
+            except RasterioIOError as exc:
+                if classify(exc).cause != "not-raster" or not url.startswith(("http://", "https://")):
+                    raise
+                raise RemoteFailure(probe(url, self.timeout)) from exc  # GDAL hid the cause
 
         try:
             try:
                 return self._retry(f"reading {what}", read, stats)
-            except RasterioIOError as exc:
-                if self.signing is None or "response code: 403" not in str(exc):
+            except (RasterioIOError, RemoteFailure) as exc:
+                if self.signing is None or classify(exc).status != 403:
                     raise
                 with self._lock:  # a refused signature: the token may have expired early
                     self._token = None
                 return self._retry(f"reading {what}", read, stats)
-        except RasterioIOError as exc:
-            tries = f" after {self.retries + 1} attempts" if _is_transient(exc) else ""
-            raise ProviderError(
-                f"could not read {what} from {urlparse(href).netloc or 'its file'} ({redact(str(exc))}){tries}; "
-                "the asset may be unavailable, try again later"
-            ) from None
+        except (RasterioIOError, RemoteFailure) as exc:
+            f = classify(exc, href)
+            tries = f" after {self.retries + 1} attempts" if f.transient else ""
+            advice = ("the server kept failing; try again later or raise retries=" if f.transient
+                      else "the asset is unavailable or not a GeoTIFF; check the catalogue or its access rights")
+            raise ProviderError(f"could not read {what} at {redact(href)} ({f.reason()}){tries}; {advice}") from None
 
     def _read_items(self, items: list[StacItem], bands: list[str], grid: GridSpec,
                     stats: dict[str, int]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -597,8 +579,5 @@ def _cloud(item: StacItem) -> float:
 
 
 def _describe_http_error(exc: BaseException) -> str:
-    status = _status_of(exc)
-    text = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-    if len(text) > 160:
-        text = text[:157] + "..."
-    return f"HTTP {status}: {text}" if status else text
+    f = classify(exc)
+    return f"{f.reason()}: {f.detail}" if f.status is not None or f.cause == "other" else f.reason()
