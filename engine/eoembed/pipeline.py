@@ -64,6 +64,7 @@ from .export.stack import write_grid_stack
 from .features import Place, read_places
 from .providers import Provider, open_provider
 from .providers.base import FetchRequest, Observation, make_observation
+from .providers.redact import scrub
 from .specs import (
     FrameSpec,
     InputPrep,
@@ -937,7 +938,7 @@ def _abort(rec: dict[str, Any]) -> EoembedError:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=str))
+        tmp.write_text(json.dumps(scrub(data), indent=2, default=str))
 
 
 class _Progress:

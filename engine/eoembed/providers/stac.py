@@ -274,7 +274,8 @@ class StacProvider(Provider):
     # -- HTTP helpers -----------------------------------------------------------------------
     @property
     def host(self) -> str:
-        return urlparse(self.url).netloc or self.url
+        """The API's host (without any user:password part) for messages."""
+        return urlparse(self.url).netloc.rpartition("@")[2] or redact(self.url)
 
     def _retry(self, what: str, call: Callable[[], T], stats: dict[str, int] | None = None) -> T:
         """`call()` with bounded retries of transient failures (exponential backoff + jitter)."""
@@ -309,7 +310,7 @@ class StacProvider(Provider):
                 self._client = self._retry(f"opening {self.host}", lambda: Client.open(self.url, stac_io=io))
             except Exception as exc:
                 raise ProviderError(
-                    f"could not open the STAC API at {self.host} ({_describe_http_error(exc)}); check the URL "
+                    f"could not open the STAC API at {redact(self.url)} ({_describe_http_error(exc)}); check the URL "
                     "and your connection, or try again later"
                 ) from None
             return self._client
@@ -508,7 +509,7 @@ class StacProvider(Provider):
         stack_a, valid_a, when, scene_ids = _merge_acquisitions(items, per_item)
         meta: dict[str, Any] = {
             "provider": self.name,
-            "url": self.url,
+            "url": redact(self.url),
             "collection": self.collection,
             "items": [it.id for it in items],
             "scenes": scene_ids,
@@ -544,7 +545,7 @@ class StacProvider(Provider):
         return make_observation(values, ok, grid, bands, frame_dates, roi_mask(request.spatial, grid), meta)
 
     def describe(self) -> dict[str, Any]:
-        return {"provider": self.name, "url": self.url, "collection": self.collection, "signing": self.signing}
+        return {"provider": self.name, "url": redact(self.url), "collection": self.collection, "signing": self.signing}
 
 
 def _merge_acquisitions(
