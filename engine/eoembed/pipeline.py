@@ -60,8 +60,10 @@ from .export.layout import (
 )
 from .export.manifest import MANIFEST_NAME, Manifest
 from .export.npz import write_npz
+from .export.outdir import prepare_out_dir
 from .export.stack import write_grid_stack
-from .features import Place, read_places
+from .features import Place, read_places, require_unique_ids
+from .preflight import preflight
 from .providers import Provider, open_provider
 from .providers.base import FetchRequest, Observation, make_observation
 from .providers.redact import scrub
@@ -218,11 +220,7 @@ def as_places(
         out = [p if isinstance(p, Place) else _place_of(str(i), p, i) for i, p in enumerate(places)]
     if not out:
         raise SpecError("places is empty; give at least one place to export")
-    seen: dict[str, int] = {}
-    for i, p in enumerate(out):
-        if p.id in seen:
-            raise SpecError(f"places #{seen[p.id]} and #{i} share the id {p.id!r}; ids must be unique (use another id field)")
-        seen[p.id] = i
+    require_unique_ids(out)
     return out
 
 
@@ -830,8 +828,8 @@ def run_export(
         raise SpecError("executor='dask' needs model ids (strings), not Embedder instances, so workers can build them")
     provider = open_provider(source, **(source_options or {}))
     provider_sig = json.dumps(provider.describe(), sort_keys=True, default=str)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    preflight(jobs, provider, temporal)  # a request that can never succeed fails here, once
+    out, _ = prepare_out_dir(out)
     clean_partial_files(out)
     manifest = Manifest(out / MANIFEST_NAME)
     done = done_fingerprints(out, manifest)

@@ -1,0 +1,71 @@
+"""Run-level checks before any item: a request that can never succeed fails once, with one sentence.
+
+A batch isolates and retries each item, which is right for a place whose imagery is cloudy or a
+read that times out, and wrong for a request that no rerun can fix: a model whose weights are
+missing, corrupt or unreachable, imagery that lacks the bands a model reads, a time window no
+imagery falls in. :func:`preflight` finds those before the first fetch and raises the typed error
+(ModelError/WeightsError, ProviderError) that names the cause, instead of N item failures that
+each say "rerun to retry".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import EoembedError, ModelError, ProviderError
+from .specs import TemporalSpec
+
+
+def preflight(jobs: Sequence[Any], provider: Any, temporal: TemporalSpec) -> None:
+    """Load every model once and check that the imagery can serve the run at all.
+
+    `jobs` are the run's model jobs (``.key``, ``.embedder()``, ``.sensor``); `provider` the
+    opened imagery source. Raises the first run-level error found.
+    """
+    for job in jobs:
+        check_model_loads(job.key, job.embedder())
+    check_imagery(provider, temporal, {job.key: tuple(job.sensor.bands or ()) for job in jobs})
+
+
+def check_model_loads(key: str, embedder: Any) -> None:
+    """Build the network and load its weights now (they are loaded once and kept)."""
+    try:
+        embedder.load()
+    except EoembedError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any other failure is the model's
+        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelError(
+            f"model {key!r} could not be loaded ({type(exc).__name__}: {line}); check its weights "
+            "and installation (nothing was embedded)"
+        ) from None
+
+
+def check_imagery(provider: Any, temporal: TemporalSpec, bands: dict[str, tuple[str, ...]]) -> None:
+    """For an indexed source (local files): some scene falls in `temporal`, and has each model's bands.
+
+    Remote sources are only known per place, so they are checked per item.
+    """
+    scenes = getattr(provider, "scenes", None)
+    if not scenes:
+        return
+    undated_ok = getattr(provider, "undated", "include") == "include"
+    in_window = [s for s in scenes if (s.date is None and undated_ok) or (s.date and temporal.contains(s.date))]
+    note = provider.skipped_note() if hasattr(provider, "skipped_note") else ""
+    if not in_window:
+        dates = sorted({s.date.isoformat() for s in scenes if s.date})
+        shown = ", ".join(dates[:6]) + (f" … {dates[-1]}" if len(dates) > 6 else "")
+        raise ProviderError(
+            f"none of the {len(scenes)} local scenes is dated in {temporal.start}..{temporal.end} (end "
+            f"excluded); their dates are {shown or 'unknown'}{note}: choose a window they fall in"
+        )
+    have = {b for s in in_window for b in s.bands}
+    for key, wanted in bands.items():
+        missing = [b for b in wanted if b not in have]
+        if missing:
+            raise ProviderError(
+                f"model {key!r} reads bands {', '.join(wanted)}, but the local imagery in the window has no "
+                f"{', '.join(missing)} (it has {', '.join(sorted(have))}){note}; add those bands or choose "
+                "a model that needs fewer"
+            )
