@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -86,15 +87,18 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .api import get_embeddings_batch
+    from .embedders.registry import get_embedder
     from .export import safe_name, write_geoparquet, write_geotiff
     from .export.outdir import output_folder
     from .features import read_places, require_unique_ids
+    from .preflight import check_model_loads
     from .specs import OutputSpec
 
     places = read_places(args.input, id_field=args.id_field, buffer_m=args.buffer)
     require_unique_ids(places)
     temporal = _temporal(args)
     source, options = _source(args)
+    check_model_loads(args.model, get_embedder(args.model, device=args.device, weights=args.weights))
     output = OutputSpec.grid() if args.output == "grid" else OutputSpec.pooled(args.pooling)
     vectors, done = [], []
     step = max(1, args.chunk_size)
@@ -246,6 +250,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``eoembed`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        # rasterio can report GDAL's note about another thread's in-memory mask dataset as a
+        # NotGeoreferencedWarning (results are unaffected); it is not the user's business
+        from rasterio.errors import NotGeoreferencedWarning
+
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except EoembedError as exc:

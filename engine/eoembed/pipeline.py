@@ -828,7 +828,7 @@ def run_export(
         raise SpecError("executor='dask' needs model ids (strings), not Embedder instances, so workers can build them")
     provider = open_provider(source, **(source_options or {}))
     provider_sig = json.dumps(provider.describe(), sort_keys=True, default=str)
-    preflight(jobs, provider, temporal)  # a request that can never succeed fails here, once
+    preflight(jobs, provider, temporal, place_list)  # a request that can never succeed fails here, once
     out, _ = prepare_out_dir(out)
     clean_partial_files(out)
     manifest = Manifest(out / MANIFEST_NAME)

@@ -13,19 +13,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import shapely
+
 from .errors import EoembedError, ModelError, ProviderError
 from .specs import TemporalSpec
 
 
-def preflight(jobs: Sequence[Any], provider: Any, temporal: TemporalSpec) -> None:
+def preflight(jobs: Sequence[Any], provider: Any, temporal: TemporalSpec, places: Sequence[Any] = ()) -> None:
     """Load every model once and check that the imagery can serve the run at all.
 
     `jobs` are the run's model jobs (``.key``, ``.embedder()``, ``.sensor``); `provider` the
-    opened imagery source. Raises the first run-level error found.
+    opened imagery source; `places` the run's places (``.spatial``). Raises the first
+    run-level error found.
     """
     for job in jobs:
         check_model_loads(job.key, job.embedder())
-    check_imagery(provider, temporal, {job.key: tuple(job.sensor.bands or ()) for job in jobs})
+    check_imagery(provider, temporal, {job.key: tuple(job.sensor.bands or ()) for job in jobs},
+                  [p.spatial for p in places])
 
 
 def check_model_loads(key: str, embedder: Any) -> None:
@@ -42,17 +46,29 @@ def check_model_loads(key: str, embedder: Any) -> None:
         ) from None
 
 
-def check_imagery(provider: Any, temporal: TemporalSpec, bands: dict[str, tuple[str, ...]]) -> None:
-    """For an indexed source (local files): some scene falls in `temporal`, and has each model's bands.
+def check_imagery(provider: Any, temporal: TemporalSpec, bands: dict[str, tuple[str, ...]],
+                  spatials: Sequence[Any] = ()) -> None:
+    """For an indexed source (local files): some place lies over the imagery, some scene falls
+    in `temporal`, and the scenes there have each model's bands.
 
     Remote sources are only known per place, so they are checked per item.
     """
     scenes = getattr(provider, "scenes", None)
     if not scenes:
         return
+    note = provider.skipped_note() if hasattr(provider, "skipped_note") else ""
+    if spatials:
+        tree = shapely.STRtree([s.footprint for s in scenes])
+        over = (len(tree.query(shapely.box(*sp.shape("EPSG:4326").bounds), predicate="intersects")) for sp in spatials)
+        if not any(over):  # stops at the first place over imagery
+            w, s_, e, n = shapely.union_all([s.footprint for s in scenes]).bounds
+            raise ProviderError(
+                f"none of the {len(spatials)} places lies over the {len(scenes)} indexed local scene(s) "
+                f"(lon/lat bounds {w:.5f}, {s_:.5f}, {e:.5f}, {n:.5f}){note}; add imagery for the places or "
+                "choose places inside it"
+            )
     undated_ok = getattr(provider, "undated", "include") == "include"
     in_window = [s for s in scenes if (s.date is None and undated_ok) or (s.date and temporal.contains(s.date))]
-    note = provider.skipped_note() if hasattr(provider, "skipped_note") else ""
     if not in_window:
         dates = sorted({s.date.isoformat() for s in scenes if s.date})
         shown = ", ".join(dates[:6]) + (f" … {dates[-1]}" if len(dates) > 6 else "")

@@ -164,6 +164,12 @@ def _resolve_hf(spec: str, filename: str | None) -> Path:
             f"HF_HUB_OFFLINE is set: {hint}."
         ) from cache_miss
     endpoint = os.environ.get("EOEMBED_HF_ENDPOINT") or None
+    unreachable = _unreachable(endpoint or "https://huggingface.co")
+    if unreachable:
+        raise WeightsError(
+            f"Could not download {filename!r} of {repo}{'@' + revision if revision else ''}: the weights "
+            f"server {unreachable}: {hint}."
+        )
     try:
         return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir,
                                     endpoint=endpoint))
@@ -173,6 +179,33 @@ def _resolve_hf(spec: str, filename: str | None) -> Path:
             f"{' from ' + endpoint if endpoint else ''} ({type(exc).__name__}: "
             f"{_first_line(exc)}): {hint}."
         ) from exc
+
+
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _unreachable(endpoint: str, timeout: float = 5.0) -> str | None:
+    """Why the server at `endpoint` cannot be reached (a few seconds at most), or None.
+
+    Without this, the Hub client retries a dead server for half a minute, logging each retry.
+    Behind a proxy the client's own connection decides, so nothing is checked.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v) for v in _PROXY_VARS):
+        return None
+    url = urlparse(endpoint)
+    if not url.hostname:
+        return None
+    port = url.port or (443 if url.scheme == "https" else 80)
+    from eoembed.providers.redact import redact
+
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{redact(endpoint)} cannot be reached ({exc.strerror or type(exc).__name__})"
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
