@@ -48,11 +48,12 @@ def run_kind(kind: str, n: int, rate: float, seed: int) -> dict:
             opts = {"url": srv.base, "collection": "s2", **({"timeout": 1} if kind == "timeout" else {})}
             out = Path(tmp) / "out"
             t0 = time.perf_counter()
-            runs = []
+            runs, errors = [], []
             for _ in range(2):
                 s = export_batch(places, TemporalSpec("2022-06-01", "2022-07-01"), "rcf", out, source="stac",
                                  source_options=opts)
                 runs.append((s.ok, s.failed))
+                errors += [f["error"] for f in s.failures[:3]]
             seconds = time.perf_counter() - t0
             injected = srv.injected()
         finally:
@@ -63,7 +64,7 @@ def run_kind(kind: str, n: int, rate: float, seed: int) -> dict:
         "kind": kind, "n": n, "rate": rate, "first_run_ok": runs[0][0], "first_run_failed": runs[0][1],
         "after_rerun_ok": runs[0][0] + runs[1][0], "rows": len(rows),
         "lost": len(set(places) - rows - recorded),  # neither embedded nor recorded as failed
-        "faults_injected": sum(injected.values()), "seconds": round(seconds, 1),
+        "faults_injected": sum(injected.values()), "seconds": round(seconds, 1), "errors": errors,
     }
 
 

@@ -184,6 +184,8 @@ def probe(url: str, timeout: float, headers: dict[str, str] | None = None) -> Fa
     if resp.status_code >= 400:
         return Failure("http", resp.status_code in TRANSIENT_STATUS, resp.status_code, where,
                        f"HTTP {resp.status_code}")
+    if len(head) < 4:  # fewer bytes than asked for: the reply was cut short again
+        return Failure("short", True, None, where, "the reply was cut short")
     if head.startswith(_TIFF_MAGIC):
         return Failure("short", True, None, where, "the first read of the file was cut short")
     return Failure("not-raster", False, None, where, "the file is not a GeoTIFF")
