@@ -73,6 +73,9 @@ def test_a_hidden_cause_is_found_by_probing_the_server(server):
     assert probe(url, 5).cause == "short"  # a TIFF after all: the open was cut short
     server.faults(match="/data/", status=503, count=1)
     assert (probe(url, 5).status, probe(url, 5).cause) == (503, "short")
+    server.faults(rate=1.0, kinds=["short"], match="/data/")
+    assert (probe(url, 5).cause, probe(url, 5).transient) == ("short", True)  # 2 of 4 bytes: not "not a TIFF"
+    server.faults(clear=True)
     f = probe(f"{server.base}/data/none.tif?sig=s3cr3t", 5)
     assert (f.status, f.transient) == (404, False) and "s3cr3t" not in f.url
     assert classify(RuntimeError("x").with_traceback(None)).cause == "other"
