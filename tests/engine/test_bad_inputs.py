@@ -143,6 +143,9 @@ def test_an_unreachable_weights_mirror_fails_at_once_without_retry_lines(w, tmp_
     monkeypatch.setenv("EOEMBED_HF_ENDPOINT", "http://127.0.0.1:9")
     for var in ("EOEMBED_WEIGHTS_DIR", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # read once at import; other tests may set it
     out = tmp_path / "out"
     code, lines = _run(w, "export", out, ["--models", "galileo-nano"], capfd)
     assert code == 2 and len(lines) == 1, lines

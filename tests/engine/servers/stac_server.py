@@ -14,7 +14,7 @@
 * ``GET /sas/token/<collection>`` — a Planetary-Computer-style SAS token;
 * ``POST /_faults`` — ``{"match": "<path prefix>", "status": 500, "count": 2}``: the next
   `count` requests whose path starts with `match` get `status` (429 with ``Retry-After: 0``);
-  ``{"clear": true}`` drops the faults not used up (and any fault rate);
+  ``{"clear": true}`` drops the faults not used up (and any fault rate and its counts);
 * ``POST /_faults`` — ``{"rate": 0.15, "kinds": ["500", "timeout", ...], "seed": 1, "match": "/",
   "delay": 2.0}``: from now on each request whose path starts with `match` fails with
   probability `rate`, its kind drawn from `kinds`: an HTTP status (``"429"``, ``"500"``,
@@ -114,6 +114,7 @@ class State:
             if body.get("clear"):
                 self.faults.clear()
                 self.rate = {"rate": 0.0}
+                self.injected = {}
             elif "rate" in body:
                 self.rate = {"rate": float(body["rate"]), "kinds": list(body.get("kinds") or ["500"]),
                              "match": body.get("match", "/"), "delay": float(body.get("delay", 2.0))}
