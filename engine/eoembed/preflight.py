@@ -28,8 +28,11 @@ def preflight(jobs: Sequence[Any], provider: Any, temporal: TemporalSpec, places
     """
     for job in jobs:
         check_model_loads(job.key, job.embedder())
-    check_imagery(provider, temporal, {job.key: tuple(job.sensor.bands or ()) for job in jobs},
-                  [p.spatial for p in places])
+    # precomputed products read their own tiles; the imagery source serves the other models
+    imagery_jobs = [job for job in jobs if not getattr(job.embedder(), "precomputed", False)]
+    if imagery_jobs:
+        check_imagery(getattr(provider, "base", provider), temporal,
+                      {job.key: tuple(job.sensor.bands or ()) for job in imagery_jobs}, [p.spatial for p in places])
 
 
 def check_model_loads(key: str, embedder: Any) -> None:

@@ -21,7 +21,8 @@ from ..export.manifest import MANIFEST_NAME, Manifest
 from ..export.outdir import prepare_out_dir
 from ..features import Place
 from ..preflight import preflight
-from ..providers import Provider, open_provider
+from ..products import open_for, route_products
+from ..providers import Provider
 from ..providers.redact import scrub
 from ..specs import FrameSpec, InputPrep, OutputSpec, SensorSpec, SpatialSpec, TemporalSpec
 from .consolidate import consolidate_grids, consolidate_pooled
@@ -122,8 +123,9 @@ def run_export(
                        device=device, weights=weights, model_config=model_config)
     if executor == "dask" and any(isinstance(j.model, Embedder) for j in jobs):
         raise SpecError("executor='dask' needs model ids (strings), not Embedder instances, so workers can build them")
-    provider = open_provider(source, **(source_options or {}))
+    provider = open_for(source, source_options, [j.embedder() for j in jobs])
     provider_sig = json.dumps(provider.describe(), sort_keys=True, default=str)
+    provider = route_products(provider, [j.embedder() for j in jobs])
     preflight(jobs, provider, temporal, place_list)  # a request that can never succeed fails here, once
     out, _ = prepare_out_dir(out)
     clean_partial_files(out)
