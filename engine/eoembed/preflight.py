@@ -52,10 +52,13 @@ def check_model_loads(key: str, embedder: Any) -> None:
 def check_imagery(provider: Any, temporal: TemporalSpec, bands: dict[str, tuple[str, ...]],
                   spatials: Sequence[Any] = ()) -> None:
     """For an indexed source (local files): some place lies over the imagery, some scene falls
-    in `temporal`, and the scenes there have each model's bands.
-
-    Remote sources are only known per place, so they are checked per item.
+    in `temporal`, and the scenes there have each model's bands. A remote catalogue (a provider
+    with ``connect()``) is opened and asked for its collection; its bands and dates are only
+    known per place, so those are checked per item.
     """
+    connect = getattr(provider, "connect", None)
+    if callable(connect):  # a remote catalogue: reachable, and serving the collection
+        connect()
     scenes = getattr(provider, "scenes", None)
     if not scenes:
         return

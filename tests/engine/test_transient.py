@@ -125,3 +125,17 @@ def test_export_survives_a_fifteen_percent_fault_rate(server, tmp_path, kinds, n
     assert sum(injected.values()) >= 10 and set(injected) <= set(kinds)
     table = pq.read_table(tmp_path / "rcf" / "pooled.parquet")
     assert sorted(table.column("id").to_pylist()) == sorted(f"p{i}" for i in range(n))
+
+
+@pytest.mark.parametrize("what", ["collection", "url"])
+def test_a_wrong_collection_or_dead_api_fails_once_before_any_place(server, tmp_path, what):
+    server.faults(clear=True)
+    opts = {"url": server.base, "collection": "s2-typo", "backoff": 0.01} if what == "collection" else \
+        {"url": "http://127.0.0.1:9/stac?token=t0ps3cret", "collection": "s2", "backoff": 0.01}
+    places = {f"p{i}": PointBuffer(x, y, 60, crs="EPSG:32633") for i, (x, y) in enumerate(points(5))}
+    with pytest.raises(ProviderError) as err:
+        export_batch(places, WINDOW, "rcf", tmp_path / "out", source="stac", source_options=opts)
+    msg = str(err.value)
+    assert ("no collection 's2-typo' (it has s2)" in msg if what == "collection"
+            else "could not open the STAC API at http://127.0.0.1:9/stac?<redacted>" in msg), msg
+    assert not (tmp_path / "out").exists()

@@ -315,6 +315,35 @@ class StacProvider(Provider):
                 ) from None
             return self._client
 
+    def connect(self) -> None:
+        """Open the API and check that it serves the collection: a batch calls this once, before
+        any place, so that a wrong URL or collection is one error instead of one per place."""
+        from pystac_client.conformance import ConformanceClasses
+
+        client = self._open_client()
+        if not client.conforms_to(ConformanceClasses.COLLECTIONS):
+            return  # an API without collection endpoints: the search will tell
+        try:
+            found = self._retry(f"looking up collection {self.collection}", lambda: client.get_collection(self.collection))
+        except Exception as exc:
+            f = classify(exc)
+            if f.transient:
+                raise ProviderError(
+                    f"could not look up collection {self.collection!r} at {self.host} ({f.reason()}) after "
+                    f"{self.retries + 1} attempts; try again later"
+                ) from None
+            found = None if f.status == 404 else True
+        if found is None:
+            try:
+                names = sorted(str(c.id) for c in client.get_collections())
+            except Exception:  # noqa: BLE001 - the list only helps the message
+                names = []
+            shown = f" (it has {', '.join(names[:8])}{' …' if len(names) > 8 else ''})" if names else ""
+            raise ProviderError(
+                f"the STAC API at {redact(self.url)} has no collection {self.collection!r}{shown}; "
+                "give collection= one it serves"
+            )
+
     def _sas_token(self) -> str:
         import requests
 
