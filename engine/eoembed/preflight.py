@@ -69,7 +69,8 @@ def check_imagery(provider: Any, temporal: TemporalSpec, bands: dict[str, tuple[
         if not any(over):  # stops at the first place over imagery
             w, s_, e, n = shapely.union_all([s.footprint for s in scenes]).bounds
             raise ProviderError(
-                f"none of the {len(spatials)} places lies over the {len(scenes)} indexed local scene(s) "
+                f"no local imagery covers the places: none of the {len(spatials)} lies over the {len(scenes)} "
+                f"indexed local scene(s) "
                 f"(lon/lat bounds {w:.5f}, {s_:.5f}, {e:.5f}, {n:.5f}){note}; add imagery for the places or "
                 "choose places inside it"
             )
