@@ -25,6 +25,18 @@ _MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "galileo-tiny": ("galileo", "GalileoEmbedder", {"size": "tiny"}),
     "galileo-base": ("galileo", "GalileoEmbedder", {"size": "base"}),
     "presto": ("presto", "PrestoEmbedder", {}),
+    "prithvi": ("prithvi", "PrithviEmbedder", {"variant": "tiny-tl"}),
+    "prithvi-eo-2.0-tiny-tl": ("prithvi", "PrithviEmbedder", {"variant": "tiny-tl"}),
+    "prithvi-eo-2.0-100m-tl": ("prithvi", "PrithviEmbedder", {"variant": "100m-tl"}),
+    "prithvi-eo-2.0-300m": ("prithvi", "PrithviEmbedder", {"variant": "300m"}),
+    "prithvi-eo-2.0-300m-tl": ("prithvi", "PrithviEmbedder", {"variant": "300m-tl"}),
+    "prithvi-eo-2.0-600m": ("prithvi", "PrithviEmbedder", {"variant": "600m"}),
+    "prithvi-eo-2.0-600m-tl": ("prithvi", "PrithviEmbedder", {"variant": "600m-tl"}),
+    "satmae": ("satmae", "SatMAEEmbedder", {}),
+    "satmaepp": ("satmaepp", "SatMAEPPEmbedder", {"variant": "rgb"}),
+    "satmaepp-rgb": ("satmaepp", "SatMAEPPEmbedder", {"variant": "rgb"}),
+    "satmaepp-s2": ("satmaepp", "SatMAEPPEmbedder", {"variant": "s2"}),
+    "scalemae": ("scalemae", "ScaleMAEEmbedder", {}),
 }
 
 # The one piece of global state: built embedders, keyed by (model, device, weights, config).

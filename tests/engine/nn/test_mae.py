@@ -2,7 +2,7 @@
 tiny configurations, the published key layouts at full size (meta device), strict loading.
 
 Upstream references, run once outside the repository (timm 1.0.31, torchvision stubbed) on the
-seeded checkpoints and inputs built below, encoder at mask ratio 0 with the shuffled tokens put
+seeded checkpoints of :func:`vit_layouts.mae_state` and the inputs built below, encoder at mask ratio 0 with the shuffled tokens put
 back in grid order:
 
 - SatMAE ``models_mae.MaskedAutoencoderViT.forward_encoder`` (sustainlab-group/SatMAE
@@ -17,7 +17,7 @@ back in grid order:
   (1.0, 2.5): tokens 1.2e-6, pooled 2.4e-7.
 
 The same run built each upstream model at full size (ViT-L/16 224 px; group-channel ViT-L/8
-96 px): its encoder keys and shapes equal :func:`upstream_shapes`, and everything else in it
+96 px): its encoder keys and shapes equal :func:`vit_layouts.mae_shapes`, and everything else in it
 matches :data:`eoembed.nn.mae.MAE_DROP`.
 """
 
@@ -30,6 +30,7 @@ import torch
 from eoembed.errors import WeightsError
 from eoembed.nn.mae import MAE_DROP, GroupChannelViT, MAEConfig, MAEViT, load_mae
 from eoembed.nn.timm_vit import map_timm_state
+from vit_layouts import mae_shapes, mae_state
 
 S2_GROUPS = ((0, 1, 2, 6), (3, 4, 5, 7), (8, 9))
 RGB_TINY = MAEConfig(width=64, depth=2, heads=4, img_size=48, patch_size=16)
@@ -39,56 +40,6 @@ RGB_FULL = MAEConfig()
 GROUP_FULL = MAEConfig(img_size=96, patch_size=8, in_chans=10, groups=S2_GROUPS)
 
 
-def upstream_shapes(cfg: MAEConfig, kind: str) -> dict[str, tuple[int, ...]]:
-    """Key → shape of the published MAE checkpoint's encoder (plus decoder samples).
-
-    `kind`: ``"satmae"`` (also SatMAE++ RGB), ``"group"`` (SatMAE++ Sentinel) or
-    ``"scalemae"``.
-    """
-    d, p, hid = cfg.width, cfg.patch_size, 4 * cfg.width
-    n = cfg.grid ** 2
-    shapes: dict[str, tuple[int, ...]] = {"cls_token": (1, 1, d)}
-    if kind == "group":
-        for i, g in enumerate(cfg.groups):
-            shapes[f"patch_embed.{i}.proj.weight"] = (d, len(g), p, p)
-            shapes[f"patch_embed.{i}.proj.bias"] = (d,)
-        shapes["pos_embed"] = (1, 1 + n, d - cfg.channel_dim)
-        shapes["channel_embed"] = (1, len(cfg.groups), cfg.channel_dim)
-    else:
-        shapes["patch_embed.proj.weight"] = (d, cfg.in_chans, p, p)
-        shapes["patch_embed.proj.bias"] = (d,)
-        shapes["pos_embed"] = (1, 1 + n, d)
-    for i in range(cfg.depth):
-        b = f"blocks.{i}."
-        shapes.update({
-            b + "norm1.weight": (d,), b + "norm1.bias": (d,), b + "attn.qkv.weight": (3 * d, d),
-            b + "attn.qkv.bias": (3 * d,), b + "attn.proj.weight": (d, d), b + "attn.proj.bias": (d,),
-            b + "norm2.weight": (d,), b + "norm2.bias": (d,), b + "mlp.fc1.weight": (hid, d),
-            b + "mlp.fc1.bias": (hid,), b + "mlp.fc2.weight": (d, hid), b + "mlp.fc2.bias": (d,),
-        })
-    shapes["norm.weight"] = shapes["norm.bias"] = (d,)
-    shapes.update({"mask_token": (1, 1, 32), "decoder_embed.weight": (32, d),
-                   "decoder_norm.weight": (32,)})
-    if kind == "group":
-        shapes["proj_up_conv.weight"] = (40, 10, 1, 1)
-        shapes["up_block1.up_conv.weight"] = (40, 40, 4, 4)
-    if kind == "scalemae":
-        shapes["fpn.fpn1.0.weight"] = (32, 32, 2, 2)
-        shapes["mask_token_decoder"] = (1, 1, 32)
-    return shapes
-
-
-def upstream_state(cfg: MAEConfig, kind: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for key, shape in upstream_shapes(cfg, kind).items():
-        t = torch.randn(*shape, generator=g) * 0.05
-        if key.endswith(("norm1.weight", "norm2.weight", "norm.weight")):
-            t = t + 1.0
-        sd[key] = t
-    return sd
-
-
 def tiny_input(cfg: MAEConfig) -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     return torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size, generator=g)
@@ -96,7 +47,7 @@ def tiny_input(cfg: MAEConfig) -> torch.Tensor:
 
 RES = torch.tensor([1.0, 2.5])
 
-# upstream outputs on upstream_state(cfg, kind) and tiny_input(cfg): mean of the patch tokens
+# upstream outputs on mae_state(cfg, kind) and tiny_input(cfg): mean of the patch tokens
 # [:, :4] and patch token 4 [:, :4] (grid row 1, column 1; group-channel: group 0)
 UPSTREAM = {
     "satmae": ([[0.23355, 0.030107, -0.784373, 0.091571],
@@ -123,7 +74,7 @@ def _build(kind: str) -> tuple[torch.nn.Module, MAEConfig]:
 @pytest.mark.parametrize("kind", ["satmae", "group", "scalemae"])
 def test_tiny_encoders_match_upstream_outputs(kind):
     model, cfg = _build(kind)
-    info = load_mae(model, upstream_state(cfg, kind))
+    info = load_mae(model, mae_state(cfg, kind))
     assert info["loaded"] == len(model.state_dict())
     x = tiny_input(cfg)
     with torch.no_grad():
@@ -136,7 +87,7 @@ def test_tiny_encoders_match_upstream_outputs(kind):
 
 def test_scalemae_resolution_ratio_changes_positions_only():
     model, cfg = _build("scalemae")
-    load_mae(model, upstream_state(cfg, "scalemae"))
+    load_mae(model, mae_state(cfg, "scalemae"))
     x = tiny_input(cfg)[:1].expand(2, -1, -1, -1)
     with torch.no_grad():
         out, _ = model(x, torch.tensor([1.0, 1.0]))
@@ -152,7 +103,7 @@ def test_scalemae_resolution_ratio_changes_positions_only():
 def test_full_size_key_layout(kind, cfg):
     with torch.device("meta"):
         model = GroupChannelViT(cfg) if kind == "group" else MAEViT(cfg)
-        state = {k: torch.empty(s) for k, s in upstream_shapes(cfg, kind).items()}
+        state = {k: torch.empty(s) for k, s in mae_shapes(cfg, kind).items()}
     mapped = map_timm_state(model, state, drop=MAE_DROP)
     assert len(mapped) == len(model.state_dict())
     n_params = sum(v.numel() for v in mapped.values())
@@ -163,10 +114,10 @@ def test_full_size_key_layout(kind, cfg):
 
 def test_unknown_and_missing_keys_name_themselves():
     model, cfg = _build("group")
-    sd = upstream_state(cfg, "group")
+    sd = mae_state(cfg, "group")
     sd["patch_embed.3.proj.weight"] = torch.zeros(64, 2, 8, 8)
     with pytest.raises(WeightsError, match=r"unexpected patch_embed\.3\.proj\.weight"):
         load_mae(model, sd)
-    sd = upstream_state(replace(RGB_TINY, depth=1), "satmae")
+    sd = mae_state(replace(RGB_TINY, depth=1), "satmae")
     with pytest.raises(WeightsError, match=r"missing blocks\.1\.norm1\.weight"):
         load_mae(MAEViT(RGB_TINY), sd)

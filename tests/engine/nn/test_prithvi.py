@@ -3,9 +3,10 @@ every size (shapes only, on the meta device), and strict loading.
 
 Upstream reference: terratorch ``terratorch/models/backbones/prithvi_mae.py`` at IBM/terratorch
 commit 85467a9fbbaf567e7ce4541758c09a548a7bace5, ``PrithviMAE(...).encoder.forward_features``,
-run once outside the repository (timm 1.0.31) on the seeded checkpoint and inputs built below;
+run once outside the repository (timm 1.0.31) on the seeded checkpoint
+(:func:`vit_layouts.prithvi_state`) and the inputs built below;
 the same run built upstream's model at every published size on the meta device and found its
-encoder keys and shapes equal to :func:`upstream_shapes`.
+encoder keys and shapes equal to :func:`vit_layouts.prithvi_shapes`.
 Measured then, max |diff| eoembed vs upstream:
 
 - this tiny TL configuration (width 48, depth 2, 64 px, 2 frames): tokens 1.7e-5, pooled 1.4e-5;
@@ -26,50 +27,10 @@ import torch
 from eoembed.errors import WeightsError
 from eoembed.nn.prithvi import PRESETS, PrithviConfig, PrithviEncoder, load_prithvi
 from eoembed.nn.timm_vit import map_timm_state
+from vit_layouts import prithvi_shapes, prithvi_state
 
 TINY = PrithviConfig(48, 2, 3, num_frames=2, coords=True, img_size=64)
 FRAMES = 2
-
-
-def upstream_shapes(cfg: PrithviConfig, frames: int) -> dict[str, tuple[int, ...]]:
-    """Key → shape of a published Prithvi MAE checkpoint (encoder, plus decoder samples)."""
-    d, p, hid = cfg.width, cfg.patch_size, int(cfg.width * cfg.mlp_ratio)
-    n = frames * cfg.grid ** 2
-    shapes: dict[str, tuple[int, ...]] = {
-        "encoder.cls_token": (1, 1, d), "encoder.pos_embed": (1, 1 + n, d),
-        "encoder.patch_embed.proj.weight": (d, cfg.in_chans, 1, p, p),
-        "encoder.patch_embed.proj.bias": (d,),
-    }
-    for i in range(cfg.depth):
-        b = f"encoder.blocks.{i}."
-        shapes.update({
-            b + "norm1.weight": (d,), b + "norm1.bias": (d,), b + "attn.qkv.weight": (3 * d, d),
-            b + "attn.qkv.bias": (3 * d,), b + "attn.proj.weight": (d, d), b + "attn.proj.bias": (d,),
-            b + "norm2.weight": (d,), b + "norm2.bias": (d,), b + "mlp.fc1.weight": (hid, d),
-            b + "mlp.fc1.bias": (hid,), b + "mlp.fc2.weight": (d, hid), b + "mlp.fc2.bias": (d,),
-        })
-    shapes["encoder.norm.weight"] = shapes["encoder.norm.bias"] = (d,)
-    if cfg.coords:
-        shapes["encoder.temporal_embed_enc.scale"] = (1,)
-        shapes["encoder.location_embed_enc.scale"] = (1,)
-        shapes["decoder.temporal_embed_dec.scale"] = (1,)
-    shapes.update({"decoder.mask_token": (1, 1, 64), "decoder.decoder_pos_embed": (1, 1 + n, 64),
-                   "decoder.decoder_embed.weight": (64, d), "decoder.decoder_embed.bias": (64,)})
-    return shapes
-
-
-def upstream_state(cfg: PrithviConfig, frames: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Seeded random tensors in the published layout (norm weights near 1, scales 0.7)."""
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for key, shape in upstream_shapes(cfg, frames).items():
-        t = torch.randn(*shape, generator=g) * 0.05
-        if key.endswith(("norm1.weight", "norm2.weight", "norm.weight")):
-            t = t + 1.0
-        if key.endswith("scale"):
-            t = torch.full(shape, 0.7)
-        sd[key] = t
-    return sd
 
 
 def tiny_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -80,7 +41,7 @@ def tiny_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return x, tc, lc
 
 
-# upstream outputs (see the module docstring) on upstream_state(TINY, 2) and tiny_inputs():
+# upstream outputs (see the module docstring) on prithvi_state(TINY, 2) and tiny_inputs():
 # mean of the patch tokens [:, :4], and token 5 (frame 0, row 1, column 1) [:, :4]
 UPSTREAM_POOLED = [[-0.698224, 0.397573, -0.325152, -0.272221],
                    [-0.436991, 0.074844, -0.41373, -0.118146]]
@@ -92,7 +53,7 @@ UPSTREAM_CLS = [[-0.628797, 0.81559, -0.690646, 0.454896],
 
 def test_tiny_tl_matches_upstream_outputs():
     model = PrithviEncoder(TINY).eval()
-    info = load_prithvi(model, upstream_state(TINY, FRAMES))
+    info = load_prithvi(model, prithvi_state(TINY, FRAMES))
     assert info["dropped"] == 6  # stored pos_embed, the decoder samples
     x, tc, lc = tiny_inputs()
     with torch.no_grad():
@@ -109,7 +70,7 @@ def test_tiny_tl_matches_upstream_outputs():
 
 
 def test_stored_position_table_is_recomputed_not_read():
-    sd = upstream_state(TINY, FRAMES)
+    sd = prithvi_state(TINY, FRAMES)
     a, b = PrithviEncoder(TINY).eval(), PrithviEncoder(TINY).eval()
     load_prithvi(a, sd)
     load_prithvi(b, {**sd, "encoder.pos_embed": torch.randn_like(sd["encoder.pos_embed"])})
@@ -123,7 +84,7 @@ def test_every_published_size_has_the_published_key_layout(variant):
     cfg = PRESETS[variant]
     with torch.device("meta"):
         model = PrithviEncoder(cfg)
-        state = {k: torch.empty(s) for k, s in upstream_shapes(cfg, cfg.num_frames).items()}
+        state = {k: torch.empty(s) for k, s in prithvi_shapes(cfg, cfg.num_frames).items()}
     mapped = map_timm_state(model, state, prefix="encoder.",
                             drop=("decoder.*", "encoder.pos_embed"), what=variant)
     assert len(mapped) == len(model.state_dict())
@@ -137,11 +98,11 @@ def test_every_published_size_has_the_published_key_layout(variant):
 def test_wrong_variant_and_missing_key_name_themselves():
     non_tl = replace(TINY, coords=False)
     with pytest.raises(WeightsError, match="unexpected encoder.temporal_embed_enc.scale"):
-        load_prithvi(PrithviEncoder(non_tl), upstream_state(TINY, FRAMES))
-    sd = upstream_state(TINY, FRAMES)
+        load_prithvi(PrithviEncoder(non_tl), prithvi_state(TINY, FRAMES))
+    sd = prithvi_state(TINY, FRAMES)
     del sd["encoder.blocks.1.mlp.fc2.bias"]
     with pytest.raises(WeightsError, match=r"missing encoder\.blocks\.1\.mlp\.fc2\.bias"):
         load_prithvi(PrithviEncoder(TINY), sd)
     old = {k.replace("encoder.blocks", "encoder._timm_module.blocks"): v
-           for k, v in upstream_state(TINY, FRAMES).items()}
+           for k, v in prithvi_state(TINY, FRAMES).items()}
     load_prithvi(PrithviEncoder(TINY), old)  # the legacy infix is accepted
