@@ -33,6 +33,11 @@ def tiny_ckpt(tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def tiny(tiny_ckpt) -> PrithviEmbedder:
+    return PrithviEmbedder(weights=tiny_ckpt)
+
+
 def _obs(h: int, w: int, t: int = 1, seed: int = 0, res: float = 30.0):
     rng = np.random.default_rng(seed)
     vals = (rng.random((t, 6, h, w)) * 4000).astype(np.float32)
@@ -80,8 +85,8 @@ def test_hls_standardisation_by_hand():
     assert x[0, 0, :, 5, 7].abs().max() == 0  # invalid → band mean → 0
 
 
-def test_pooled_and_grid_on_the_place(tiny_ckpt):
-    emb = PrithviEmbedder(weights=tiny_ckpt)
+def test_pooled_and_grid_on_the_place(tiny):
+    emb = tiny
     obs = _obs(448, 336)
     grid = emb.embed([obs], OutputSpec.grid())[0]
     assert grid.to_numpy().shape == (192, 14, 14)
@@ -97,8 +102,8 @@ def test_pooled_and_grid_on_the_place(tiny_ckpt):
     assert emb.weights_info["loaded"] == 151 and emb.weights_info["dropped"] == 6
 
 
-def test_tiles_stitch_on_the_native_grid(tiny_ckpt):
-    emb = PrithviEmbedder(weights=tiny_ckpt)
+def test_tiles_stitch_on_the_native_grid(tiny):
+    emb = tiny
     obs = _obs(300, 250)
     out = emb.embed([obs], OutputSpec.grid(), prep=InputPrep.tile())[0]
     assert out.to_numpy().shape == (192, 28, 28)
@@ -106,8 +111,8 @@ def test_tiles_stitch_on_the_native_grid(tiny_ckpt):
     assert out.meta["tiles"] == [2, 2]
 
 
-def test_side_inputs_and_frames_change_the_embedding(tiny_ckpt):
-    with_coords = PrithviEmbedder(weights=tiny_ckpt)
+def test_side_inputs_and_frames_change_the_embedding(tiny, tiny_ckpt):
+    with_coords = tiny
     without = PrithviEmbedder(weights=tiny_ckpt, coords=False)
     obs = _obs(224, 224, t=2)
     a = with_coords.embed([obs], OutputSpec.pooled())[0].to_numpy()
