@@ -71,9 +71,11 @@ def test_cards_licences_and_variants():
     assert all(c.dim == 1024 for c in cards.values())
     assert "CC BY-NC 4.0" in cards["satmae"].license and "CC BY-NC" in cards["scalemae"].license
     assert cards["satmaepp-rgb"].license == "Apache-2.0"
-    if hasattr(cards["satmae"], "noncommercial"):
-        assert cards["satmae"].noncommercial and cards["scalemae"].noncommercial
-        assert not cards["satmaepp-s2"].noncommercial
+    assert cards["satmae"].noncommercial and cards["scalemae"].noncommercial
+    assert not cards["satmaepp-s2"].noncommercial and not cards["satmaepp-rgb"].noncommercial
+    assert cards["satmaepp-rgb"].aliases == ("satmaepp",)
+    assert cards["satmaepp-rgb"].variants == ("satmaepp-s2",)
+    assert cards["scalemae"].aliases == ("scale-mae",)
     assert cards["satmae"].preprocessing["mean"] == FMOW_MEAN
     assert cards["satmae"].preprocessing["std"] == FMOW_STD
     assert cards["scalemae"].preprocessing["mean"] == [0.485, 0.456, 0.406]
@@ -85,7 +87,8 @@ def test_cards_licences_and_variants():
         ["B02", "B03", "B04", "B08"], ["B05", "B06", "B07", "B8A"], ["B11", "B12"]]
     assert cards["satmae"].weights == ("hf:MVRL/satmae-vitlarge-fmow-pretrain-800 "
                                        "(model.safetensors)")
-    assert describe_model("satmaepp").id == "satmaepp"
+    assert describe_model("satmaepp").id == "satmaepp-rgb"
+    assert describe_model("satmaepp", variant="s2").id == "satmaepp-s2"  # an alias picks the variant
     with pytest.raises(SpecError):
         SatMAEPPEmbedder(variant="sar")
     with pytest.raises(SpecError):

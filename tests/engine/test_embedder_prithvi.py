@@ -59,6 +59,10 @@ def test_card_constants_and_variants_need_no_weights():
     assert big.grid_cell_px == 14 and big.preprocessing["side_inputs"] == "none"
     assert big.weights == ("hf:ibm-nasa-geospatial/Prithvi-EO-2.0-600M "
                            "(Prithvi_EO_V2_600M.pt)")
+    tiny = describe_model("prithvi")
+    assert tiny.id == "prithvi-eo-2.0-tiny-tl" and tiny.aliases == ("prithvi",)
+    assert set(tiny.variants) == {f"prithvi-eo-2.0-{v}" for v in dims if v != "tiny-tl"}
+    assert not tiny.noncommercial
     series = PrithviEmbedder(variant="300m-tl", temporal=True).describe()
     assert series.temporal == "series" and series.frames == FrameSpec.bins(4)
 

@@ -24,7 +24,6 @@ _MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "galileo-tiny": ("galileo", "GalileoEmbedder", {"size": "tiny"}),
     "galileo-base": ("galileo", "GalileoEmbedder", {"size": "base"}),
     "presto": ("presto", "PrestoEmbedder", {}),
-    "prithvi": ("prithvi", "PrithviEmbedder", {"variant": "tiny-tl"}),
     "prithvi-eo-2.0-tiny-tl": ("prithvi", "PrithviEmbedder", {"variant": "tiny-tl"}),
     "prithvi-eo-2.0-100m-tl": ("prithvi", "PrithviEmbedder", {"variant": "100m-tl"}),
     "prithvi-eo-2.0-300m": ("prithvi", "PrithviEmbedder", {"variant": "300m"}),
@@ -32,7 +31,6 @@ _MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "prithvi-eo-2.0-600m": ("prithvi", "PrithviEmbedder", {"variant": "600m"}),
     "prithvi-eo-2.0-600m-tl": ("prithvi", "PrithviEmbedder", {"variant": "600m-tl"}),
     "satmae": ("satmae", "SatMAEEmbedder", {}),
-    "satmaepp": ("satmaepp", "SatMAEPPEmbedder", {"variant": "rgb"}),
     "satmaepp-rgb": ("satmaepp", "SatMAEPPEmbedder", {"variant": "rgb"}),
     "satmaepp-s2": ("satmaepp", "SatMAEPPEmbedder", {"variant": "s2"}),
     "scalemae": ("scalemae", "ScaleMAEEmbedder", {}),
@@ -44,6 +42,9 @@ _ALIASES: dict[str, str] = {
     "remoteclip": "remoteclip-vit-b-32",
     "msclip": "llama3-ms-clip-base",
     "galileo": "galileo-nano",
+    "prithvi": "prithvi-eo-2.0-tiny-tl",
+    "satmaepp": "satmaepp-rgb",
+    "scale-mae": "scalemae",
 }
 
 # The one piece of global state: built embedders, keyed by (model, device, weights, config).

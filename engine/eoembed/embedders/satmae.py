@@ -109,14 +109,8 @@ class SatMAEEmbedder(FixedViTEmbedder):
             config={"arch": f"ViT-L/{cfg.patch_size}", "image_size": cfg.img_size,
                     "pooled": "mean of patch tokens after the final norm (class token excluded)",
                     "grid": "patch tokens after the final norm", **self.extra_config()},
-            **self.card_flags(),
+            noncommercial=self.noncommercial,
         )
-
-    def card_flags(self) -> dict[str, Any]:
-        """ModelCard fields that not every card version has (the non-commercial flag)."""
-        if "noncommercial" in ModelCard.__dataclass_fields__:
-            return {"noncommercial": self.noncommercial}
-        return {}
 
     def extra_config(self) -> dict[str, Any]:
         return {}
