@@ -8,15 +8,18 @@ from datetime import date
 
 import numpy as np
 import pytest
+import rasterio
 import torch
 from affine import Affine
+from eoembed.api import get_embedding
 from eoembed.embedders.prithvi import PrithviEmbedder, centre_latlon
 from eoembed.embedders.registry import build_embedder, describe_model
 from eoembed.errors import CapabilityError, SpecError, WeightsError
 from eoembed.grid import GridSpec
 from eoembed.nn.prithvi import PRESETS
 from eoembed.providers.base import make_observation
-from eoembed.specs import FrameSpec, InputPrep, OutputSpec
+from eoembed.providers.local import LocalProvider
+from eoembed.specs import BBox, FrameSpec, InputPrep, OutputSpec, SensorSpec, TemporalSpec
 from vit_layouts import prithvi_state
 
 BANDS = ("B02", "B03", "B04", "B8A", "B11", "B12")
@@ -136,3 +139,25 @@ def test_a_checkpoint_of_another_size_names_the_problem(tmp_path):
     torch.save(prithvi_state(PRESETS["tiny-tl"], 1), path)
     with pytest.raises(WeightsError, match="shape mismatch encoder.cls_token"):
         build_embedder("prithvi-eo-2.0-100m-tl", weights=str(path)).load()
+
+
+def test_real_tile_through_the_api_lands_on_the_place(shared_dir, tiny_ckpt):
+    tile = shared_dir / "data" / "s2_l2a_tiles" / "282D_485L_3_3.tif"
+    if not tile.is_file():
+        pytest.skip("the shared Sentinel-2 tiles are absent")
+    with rasterio.open(tile) as src:
+        t, crs = src.transform, src.crs.to_string()
+    x0, y0 = t * (0, 0)
+    place = BBox(x0, y0 - 960.0, x0 + 960.0, y0, crs=crs)  # 32 × 32 px at Prithvi's 30 m
+    when = TemporalSpec("2021-07-23", "2021-07-24")
+    out = get_embedding("prithvi", place, when, source=str(tile), output=OutputSpec.grid(),
+                        weights=tiny_ckpt)
+    assert out.to_numpy().shape == (192, 14, 14) and np.isfinite(out.to_numpy()).all()
+    assert out.crs == crs
+    g = LocalProvider(tile).grid_for(place, SensorSpec(scale_m=30.0))  # the place on a 30 m grid
+    assert g.res == (30.0, 30.0)
+    left, bottom, right, top = g.bounds
+    assert left <= x0 < x0 + 960 <= right and bottom <= y0 - 960 < y0 <= top
+    assert out.transform == Affine(g.width * 30.0 / 14, 0, left, 0, -g.height * 30.0 / 14, top)
+    assert out.meta["model"] == "prithvi-eo-2.0-tiny-tl"
+    assert out.meta["side_inputs"]["year_doy"] == [[2021, 204]]

@@ -50,7 +50,8 @@ class SatMAEEmbedder(FixedViTEmbedder):
     mean: ClassVar[tuple[float, ...]] = FMOW_RGB_MEAN
     std: ClassVar[tuple[float, ...]] = FMOW_RGB_STD
     noncommercial: ClassVar[bool] = True
-    license: ClassVar[str] = "CC BY-NC 4.0 (non-commercial use only; SatMAE LICENSE)"
+    license: ClassVar[str] = "CC BY-NC 4.0 (SatMAE LICENSE)"
+    input_words: ClassVar[str] = "S2 true colour"
     paper: ClassVar[str] = "Cong et al. 2022, SatMAE, NeurIPS (arXiv:2207.08051)"
     title: ClassVar[str] = "SatMAE ViT-L/16 (fMoW RGB)"
     source: ClassVar[tuple[str, str]] = ("hf:MVRL/satmae-vitlarge-fmow-pretrain-800",
@@ -94,7 +95,7 @@ class SatMAEEmbedder(FixedViTEmbedder):
         return ModelCard(
             id=self.model_id,
             family=self.family,
-            summary=f"{self.title} on S2 true colour: image vector or patch grid.",
+            summary=f"{self.title} on {self.input_words}: image vector or patch grid.",
             bands=self.bands,
             scale_m=10.0,
             image_size=self.image_size,

@@ -88,6 +88,10 @@ class SatMAEPPEmbedder(SatMAEEmbedder):
         return ("SatMAE++ group-channel ViT-L/8 (fMoW-Sentinel, 10 bands)" if self.variant == "s2"
                 else "SatMAE++ ViT-L/16 (fMoW RGB)")
 
+    @property
+    def input_words(self) -> str:  # type: ignore[override]
+        return "ten S2 bands" if self.variant == "s2" else "S2 true colour"
+
     def default_source(self) -> tuple[str, str]:
         return SOURCES[self.variant]
 

@@ -46,7 +46,7 @@ class ScaleMAEEmbedder(SatMAEEmbedder):
     mean = IMAGENET_MEAN
     std = IMAGENET_STD
     noncommercial: ClassVar[bool] = True
-    license: ClassVar[str] = "CC BY-NC 4.0 (non-commercial use only; Scale-MAE LICENSE)"
+    license: ClassVar[str] = "CC BY-NC 4.0 (Scale-MAE LICENSE)"
     paper: ClassVar[str] = "Reed et al. 2023, Scale-MAE, ICCV (arXiv:2212.14532)"
     title: ClassVar[str] = "Scale-MAE ViT-L/16 (fMoW RGB)"
     #: torchgeo's copy of the authors' release ``scalemae-vitlarge-800.pth``
