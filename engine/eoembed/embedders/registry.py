@@ -34,6 +34,9 @@ _MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "satmaepp-rgb": ("satmaepp", "SatMAEPPEmbedder", {"variant": "rgb"}),
     "satmaepp-s2": ("satmaepp", "SatMAEPPEmbedder", {"variant": "s2"}),
     "scalemae": ("scalemae", "ScaleMAEEmbedder", {}),
+    "alphaearth": ("products", "AlphaEarthEmbedder", {}),
+    "tessera": ("products", "TesseraEmbedder", {}),
+    "copernicus-embed": ("products", "CopernicusEmbedEmbedder", {}),
 }
 
 #: alias → canonical id. Through an alias the target's fixed config is only a default, so
@@ -45,6 +48,7 @@ _ALIASES: dict[str, str] = {
     "prithvi": "prithvi-eo-2.0-tiny-tl",
     "satmaepp": "satmaepp-rgb",
     "scale-mae": "scalemae",
+    "gse": "alphaearth",
 }
 
 # The one piece of global state: built embedders, keyed by (model, device, weights, config).
