@@ -118,6 +118,22 @@ def test_rgb_and_sentinel_normalisation_by_hand():
     torch.testing.assert_close(x[0, 0, :3, 0, 1], torch.tensor([1.0, 27 / 255, 0.0]))
 
 
+def test_sentinel_values_are_normalised_before_the_resize():
+    # a checkerboard of mean + 10 std (→ 1.0) and mean (→ 127/255) shrunk 2×: upstream clips
+    # and quantises first, so cells average to ≈ (1 + 127/255) / 2; resizing first would
+    # average the raw values to mean + 5 std, which clips to 1.0
+    s2 = SatMAEPPEmbedder(variant="s2")
+    obs = _obs(192, 192, S2_BANDS)
+    mean = np.asarray(S2_MEAN, np.float32)[:, None, None]
+    std = np.asarray(S2_STD, np.float32)[:, None, None]
+    board = (np.indices((192, 192)).sum(0) % 2).astype(np.float32)
+    vals = (mean + 10 * std * board)[None]
+    x = s2.prepare([make_observation(vals, obs.valid, obs.grid, S2_BANDS, obs.dates)])
+    inner = x[0, 0, :, 8:-8, 8:-8]
+    assert x.shape == (1, 1, 10, 96, 96)
+    assert float(inner.min()) > 0.70 and float(inner.max()) < 0.80
+
+
 @pytest.mark.parametrize("model,kind,size,cell", [("satmae", "satmae", 224, 16),
                                                   ("satmaepp-s2", "group", 96, 8),
                                                   ("scalemae", "scalemae", 224, 16)])

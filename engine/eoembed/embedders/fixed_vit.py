@@ -28,6 +28,7 @@ class FixedViTEmbedder(Embedder):
 
     Input: each observation's frames (the first only, unless the model is temporal) in
     ``bands``; invalid pixels take ``fill`` (the band mean, so 0 after standardisation); the
+    values are normalised at the place's own size and then, as upstream's transforms do, the
     whole place is resized (``resize_mode``, antialiased when shrinking) to ``image_size`` ×
     ``image_size``, so the grid covers the place exactly. With ``InputPrep.tile()`` the place is
     cut into ``image_size`` tiles at its native resolution instead (no resize).
@@ -60,7 +61,8 @@ class FixedViTEmbedder(Embedder):
         raise NotImplementedError
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, T, C, S, S]`` in observation units → network input values (same shape)."""
+        """``[B, T, C, H, W]`` in observation units → network input values (same shape);
+        applied before the resize."""
         raise NotImplementedError
 
     def encode(self, x: torch.Tensor, observations: list[Observation]) -> torch.Tensor:
@@ -100,8 +102,11 @@ class FixedViTEmbedder(Embedder):
             if not self.temporal_input:
                 vals, valid = vals[:1], valid[:1]
             vals = torch.where(valid[:, None], vals, fill)
-            images.append(_resize(vals, self.image_size, self.resize_mode))
-        return self.normalise(torch.stack(images)).to(self.device)
+            # upstream order: the image is normalised (clipped, quantised) at its own size,
+            # then resized
+            images.append(_resize(self.normalise(vals[None])[0], self.image_size,
+                                  self.resize_mode))
+        return torch.stack(images).to(self.device)
 
     # -- inference --------------------------------------------------------------------------
     def embed_batch(self, observations: list[Observation], output: OutputSpec) -> list[Embedding]:

@@ -32,9 +32,10 @@ class SatMAEEmbedder(FixedViTEmbedder):
 
     Input: Sentinel-2 B04, B03, B02 (reflectance × 10000) divided by ``rgb_max`` (default 3000,
     a fixed true-colour stretch) and clipped to [0, 1], as the 8-bit RGB ÷ 255 of upstream's
-    ``ToTensor``; the whole place resized bicubically to 224 × 224 (upstream evaluates a
-    256-px resize and a 224 centre crop of each fMoW image; here nothing is cropped so the grid
-    covers the place); then ``(rgb − mean) / std`` with the fMoW-RGB statistics.
+    ``ToTensor``; ``(rgb − mean) / std`` with the fMoW-RGB statistics; then, in upstream's
+    order, the whole place resized bicubically to 224 × 224 (upstream evaluates a 256-px resize
+    and a 224 centre crop of each fMoW image; here nothing is cropped so the grid covers the
+    place).
 
     Outputs: pooled = mean (or max) of the 196 patch tokens after the final norm (class token
     excluded); grid = those tokens, 14 × 14 at 224 px. 1024-d.
@@ -82,8 +83,8 @@ class SatMAEEmbedder(FixedViTEmbedder):
             "units": "S2 L2A reflectance x 10000",
             "rgb": f"B04, B03, B02 / {self.rgb_max:g}, clipped to [0, 1] (upstream: 8-bit RGB / 255)",
             "rgb_max": self.rgb_max,
-            "resize": f"whole place to {self.image_size}x{self.image_size}, bicubic, antialiased "
-                      "when shrinking (or InputPrep.tile())",
+            "resize": f"after normalising: whole place to {self.image_size}x{self.image_size}, "
+                      "bicubic, antialiased when shrinking (or InputPrep.tile())",
             "normalise": "(rgb - mean) / std",
             "mean": list(self.mean),
             "std": list(self.std),

@@ -43,10 +43,10 @@ class SatMAEPPEmbedder(SatMAEEmbedder):
 
     RGB input: as :class:`eoembed.embedders.satmae.SatMAEEmbedder` (B04, B03, B02 / ``rgb_max``,
     fMoW-RGB mean/std, 224 px). S2 input: B02, B03, B04, B05, B06, B07, B08, B8A, B11, B12
-    (reflectance × 10000; fMoW-Sentinel is L1C top-of-atmosphere, these are L2A), resized
-    bicubically to 96 × 96 (or tiled), then upstream's ``SentinelNormalize``:
-    ``(x − (mean − 2·std)) / (4·std)`` clipped to [0, 1] and quantised to 8 bits
-    (``uint8`` then ``ToTensor``), with the 13-band fMoW-Sentinel statistics of the kept bands.
+    (reflectance × 10000; fMoW-Sentinel is L1C top-of-atmosphere, these are L2A), upstream's
+    ``SentinelNormalize``: ``(x − (mean − 2·std)) / (4·std)`` clipped to [0, 1] and quantised
+    to 8 bits (``uint8`` then ``ToTensor``), with the 13-band fMoW-Sentinel statistics of the
+    kept bands, then resized bicubically to 96 × 96 (or tiled), in upstream's order.
     The S2 model embeds three band groups — (B2, B3, B4, B8), (B5, B6, B7, B8A), (B11, B12) —
     with their own patch projections; every 8 × 8 patch gives one token per group.
 
@@ -122,8 +122,8 @@ class SatMAEPPEmbedder(SatMAEEmbedder):
             return super().preprocessing()
         return {
             "units": "S2 L2A reflectance x 10000 (pretraining: fMoW-Sentinel, L1C)",
-            "resize": "whole place to 96x96, bicubic, antialiased when shrinking "
-                      "(or InputPrep.tile())",
+            "resize": "after normalising: whole place to 96x96, bicubic, antialiased when "
+                      "shrinking (or InputPrep.tile())",
             "normalise": "floor(clip((x - (mean - 2 std)) / (4 std) * 255, 0, 255)) / 255 "
                          "(SentinelNormalize, uint8, ToTensor)",
             "mean": list(S2_MEAN),

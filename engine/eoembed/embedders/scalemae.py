@@ -24,8 +24,8 @@ class ScaleMAEEmbedder(SatMAEEmbedder):
     use): a ViT-L/16 whose 2D sin-cos positions are scaled by the input's ground sampling
     distance, pretrained on fMoW RGB.
 
-    Input: B04, B03, B02 / ``rgb_max`` clipped to [0, 1] (the 8-bit RGB ÷ 255), bicubic resize
-    of the whole place to 224 × 224 (or tiles), ImageNet mean/std. The position grid is scaled
+    Input: B04, B03, B02 / ``rgb_max`` clipped to [0, 1] (the 8-bit RGB ÷ 255), ImageNet
+    mean/std, then a bicubic resize of the whole place to 224 × 224 (or tiles). The position grid is scaled
     by ``input_res``, a GSD *ratio* (not metres), as upstream's evaluation computes it:
     ``base_resolution × (input pixels per model pixel)`` — ``eval_base_resolution × 224 /
     eval_scale`` in ``mae/eval/knn.py``, where an image of 224 native pixels is fed at
