@@ -3,9 +3,12 @@
 What the index understands (documented for users in the README):
 
 * **Multi-band stacks** — band names from the band descriptions, a per-band ``BANDNAME`` tag,
-  a sidecar ``<file>.json`` with ``"bands": [...]``, or else the band count
-  (13: B01–B12 with B10; 12: without B10; 10: B02–B12 without B01/B09/B10; 4: B02,B03,B04,B08;
-  3: B04,B03,B02).
+  a sidecar ``<file>.json`` with ``"bands": [...]`` (the first of these that names any band must
+  name every band, each a distinct Sentinel-2 band, or the file is skipped with that reason), or,
+  for a file that names no band, the band count (13: B01–B12 with B10; 12: without B10;
+  10: B02–B12 without B01/B09/B10; 4: B02,B03,B04,B08; 3: B04,B03,B02).
+* **Skipped files** — every file that cannot be used (unreadable, no CRS, bands that do not add
+  up) is kept in :attr:`LocalProvider.skipped` with its reason, and errors name them.
 * **One file per band** — files named ``<scene>_<band>.tif`` (``_B02``, ``_B8A``, ``_SCL`` …) in
   the same folder form one scene, each band at its own resolution (e.g. BigEarthNet patches).
 * **Acquisition dates** — first found of: the ``datetime`` / ``ACQUISITION_DATE`` /

@@ -23,8 +23,8 @@ What real catalogues do and how it is handled:
   retries and its cache of failed URLs are switched off for these reads, so that one policy
   applies and a failure is never replayed from a cache. A permanent failure is one sentence
   naming the (redacted) URL and the HTTP status.
-* **Secrets** — signed URLs and tokens never appear in errors or meta, and the loggers of
-  rasterio and pystac-client (which log dataset URLs) get a redacting filter.
+* **Secrets** — signed URLs and tokens never appear in errors, meta or ``describe()``, and every
+  log record (rasterio, pystac-client, urllib3 … log dataset URLs) is redacted (see :mod:`.redact`).
 """
 
 from __future__ import annotations
