@@ -96,3 +96,25 @@ def test_no_planted_secret_reaches_any_output_file_or_log(tmp_path, monkeypatch)
         leaked = [name for name, secret in SECRETS.items() if secret in text and name != "env" or
                   name == "env" and secret in text]
         assert not leaked, f"{f}: {leaked}"
+
+
+def test_a_logger_created_after_import_is_redacted_too(tmp_path):
+    import eoembed.providers  # noqa: F401 - installs the redaction
+
+    log_file = tmp_path / "late.log"
+    handler = logging.FileHandler(log_file)
+    late = logging.getLogger("a_library_imported_later.http")
+    late.addHandler(handler)
+    late.setLevel(logging.INFO)
+    try:
+        late.info("GET %s", f"https://h/x.tif?sig={SECRETS['sig']}")
+        try:
+            raise RuntimeError(f"token={SECRETS['token']}")
+        except RuntimeError:
+            late.exception("failed with Authorization: Bearer %s", SECRETS["bearer"])
+    finally:
+        late.removeHandler(handler)
+        handler.close()
+    text = log_file.read_text()
+    assert "https://h/x.tif?<redacted>" in text and "RuntimeError" in text
+    assert not [s for s in (SECRETS["sig"], SECRETS["token"], SECRETS["bearer"]) if s in text], text
