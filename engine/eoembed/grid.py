@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,16 +15,23 @@ from .specs import PointBuffer, SpatialSpec, crs_string, parse_crs
 
 #: Most pixels one place may have on a side; larger places should use a coarser scale_m.
 MAX_SIDE_PX = 8192
+#: Edges this close to a lattice line (in pixels) are on it: reprojection round trips differ by less.
+_SNAP_TOL = 1e-6
 
 
 @dataclass(frozen=True)
 class GridSpec:
-    """A north-up pixel grid: `crs`, the affine `transform` of its top-left corner, and size."""
+    """A north-up pixel grid: `crs`, the affine `transform` of its top-left corner, and size.
+
+    `basis` says why the grid lies where it does (see :mod:`eoembed.working_grid`); it is not
+    part of the grid's identity.
+    """
 
     crs: str
     transform: Affine
     width: int
     height: int
+    basis: str = field(default="", compare=False)
 
     @property
     def res(self) -> tuple[float, float]:
@@ -51,6 +58,7 @@ class GridSpec:
             Affine(t.a * self.width / out_w, 0.0, t.c, 0.0, t.e * self.height / out_h, t.f),
             out_w,
             out_h,
+            self.basis,
         )
 
     def key(self) -> str:
@@ -63,6 +71,7 @@ def roi_grid(
     scale_m: float,
     crs: Any | None = None,
     anchor: tuple[float, float] = (0.0, 0.0),
+    basis: str = "",
 ) -> GridSpec:
     """The grid of `scale_m` pixels covering `spatial` in its working CRS.
 
@@ -70,7 +79,8 @@ def roi_grid(
     lattice and align with Sentinel-2's native 10/20/60 m pixels in the same UTM zone.
     A PointBuffer gives exactly ``round(2·buffer_m / scale_m)`` pixels a side.
     `crs` overrides the working CRS and `anchor` shifts the lattice (a point on a pixel
-    corner), so that a provider can put the grid on its imagery's own pixels.
+    corner), so that a provider can put the grid on its imagery's own pixels; providers choose
+    both with :func:`eoembed.working_grid.working_grid`. `basis` is recorded on the grid.
     """
     crs = spatial.working_crs if crs is None else parse_crs(crs)
     ax, ay = anchor
@@ -83,16 +93,18 @@ def roi_grid(
     else:
         x0, y0, x1, y1 = spatial.shape(crs).bounds
         x0, x1, y0, y1 = x0 - ax, x1 - ax, y0 - ay, y1 - ay
-        minx = ax + math.floor(x0 / scale_m + 1e-9) * scale_m
-        maxy = ay + math.ceil(y1 / scale_m - 1e-9) * scale_m
-        width = max(1, math.ceil(x1 / scale_m - 1e-9) - math.floor(x0 / scale_m + 1e-9))
-        height = max(1, math.ceil(y1 / scale_m - 1e-9) - math.floor(y0 / scale_m + 1e-9))
+        minx = ax + math.floor(x0 / scale_m + _SNAP_TOL) * scale_m
+        maxy = ay + math.ceil(y1 / scale_m - _SNAP_TOL) * scale_m
+        width = max(1, math.ceil(x1 / scale_m - _SNAP_TOL) - math.floor(x0 / scale_m + _SNAP_TOL))
+        height = max(1, math.ceil(y1 / scale_m - _SNAP_TOL) - math.floor(y0 / scale_m + _SNAP_TOL))
     if max(width, height) > MAX_SIDE_PX:
         raise SpecError(
             f"the place is {width}×{height} pixels at {scale_m:g} m, more than {MAX_SIDE_PX} a side; "
             "use a larger scale_m or a smaller area"
         )
-    return GridSpec(crs_string(parse_crs(crs)), Affine(scale_m, 0.0, minx, 0.0, -scale_m, maxy), width, height)
+    return GridSpec(
+        crs_string(parse_crs(crs)), Affine(scale_m, 0.0, minx, 0.0, -scale_m, maxy), width, height, basis
+    )
 
 
 def roi_mask(spatial: SpatialSpec, grid: GridSpec) -> np.ndarray:

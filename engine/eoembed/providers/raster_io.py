@@ -12,8 +12,8 @@ import numpy as np
 import rasterio
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.warp import reproject, transform_bounds
-from rasterio.windows import Window, from_bounds
+from rasterio.warp import reproject
+from rasterio.windows import Window
 
 from ..grid import GridSpec
 
@@ -85,27 +85,19 @@ def _read_aligned(src, indexes, off, h, w, nd):
 
 
 def _read_warped(src, indexes, grid, resampling, nd):
+    """Warp bands of the open dataset `src` onto `grid`; GDAL reads only the blocks it needs.
+
+    The source is the dataset itself, not an array copy: rasterio would wrap such a copy in an
+    in-memory dataset that starts without a geotransform, which is what printed
+    ``NotGeoreferencedWarning`` before.
+    """
     h, w = grid.height, grid.width
     out = np.full((len(indexes), h, w), np.nan, np.float32)
-    left, bottom, right, top = transform_bounds(grid.crs, src.crs, *grid.bounds, densify_pts=21)
-    win = from_bounds(left, bottom, right, top, transform=src.transform)
-    pad = 3  # kernel support of bilinear/cubic resampling at the window's edge
-    c0 = max(0, math.floor(win.col_off) - pad)
-    r0 = max(0, math.floor(win.row_off) - pad)
-    c1 = min(src.width, math.ceil(win.col_off + win.width) + pad)
-    r1 = min(src.height, math.ceil(win.row_off + win.height) + pad)
-    if c0 >= c1 or r0 >= r1:
-        return np.zeros((len(indexes), h, w), np.float32), np.zeros((h, w), bool)
-    window = Window(c0, r0, c1 - c0, r1 - r0)
-    data = src.read(indexes, window=window, out_dtype=np.float32)
-    if nd is not None and not (isinstance(nd, float) and math.isnan(nd)):
-        data[:, (data == nd).all(axis=0)] = np.nan
+    src_nodata = None if nd is None or (isinstance(nd, float) and math.isnan(nd)) else nd
     reproject(
-        source=data,
+        source=rasterio.band(src, list(indexes)),
         destination=out,
-        src_transform=src.window_transform(window),
-        src_crs=src.crs,
-        src_nodata=np.nan,
+        src_nodata=src_nodata,
         dst_transform=grid.transform,
         dst_crs=parse_grid_crs(grid.crs),
         dst_nodata=np.nan,
