@@ -29,7 +29,7 @@ import shapely
 from pyproj import CRS, Proj
 
 from .grid import GridSpec, roi_grid
-from .specs import PointBuffer, SpatialSpec, WGS84, crs_string, parse_crs, transformer, utm_crs_for
+from .specs import WGS84, PointBuffer, SpatialSpec, crs_string, parse_crs, transformer, utm_crs_for
 
 #: Largest departure of a CRS's scale factor from 1 at the place for it to count as ground metres.
 GROUND_TOLERANCE = 0.005

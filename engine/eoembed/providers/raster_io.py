@@ -12,6 +12,7 @@ import numpy as np
 import rasterio
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
+from rasterio.io import MemoryFile
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
@@ -87,22 +88,24 @@ def _read_aligned(src, indexes, off, h, w, nd):
 def _read_warped(src, indexes, grid, resampling, nd):
     """Warp bands of the open dataset `src` onto `grid`; GDAL reads only the blocks it needs.
 
-    The source is the dataset itself, not an array copy: rasterio would wrap such a copy in an
-    in-memory dataset that starts without a geotransform, which is what printed
-    ``NotGeoreferencedWarning`` before.
+    Both ends are georeferenced datasets: the file itself and an in-memory dataset created
+    with the grid's CRS and transform. (Handing rasterio plain arrays makes it build in-memory
+    datasets that start without a geotransform, which printed ``NotGeoreferencedWarning``.)
     """
     h, w = grid.height, grid.width
-    out = np.full((len(indexes), h, w), np.nan, np.float32)
+    n = len(indexes)
     src_nodata = None if nd is None or (isinstance(nd, float) and math.isnan(nd)) else nd
-    reproject(
-        source=rasterio.band(src, list(indexes)),
-        destination=out,
-        src_nodata=src_nodata,
-        dst_transform=grid.transform,
-        dst_crs=parse_grid_crs(grid.crs),
-        dst_nodata=np.nan,
-        resampling=resampling,
-    )
+    profile = dict(driver="MEM", width=w, height=h, count=n, dtype="float32",
+                   crs=parse_grid_crs(grid.crs), transform=grid.transform, nodata=np.nan)
+    with MemoryFile() as mem, mem.open(**profile) as dst:
+        reproject(
+            source=rasterio.band(src, list(indexes)),
+            destination=rasterio.band(dst, list(range(1, n + 1))),
+            src_nodata=src_nodata,
+            dst_nodata=np.nan,
+            resampling=resampling,
+        )
+        out = dst.read(out_dtype=np.float32)
     valid = ~np.isnan(out).any(axis=0)
     out[:, ~valid] = 0.0
     return out, valid
