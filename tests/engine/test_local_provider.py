@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import rasterio
 from affine import Affine
 from eoembed.errors import ProviderError, SpecError
+from eoembed.grid import roi_grid
 from eoembed.providers.local import LocalProvider
 from eoembed.specs import FrameSpec, PointBuffer, SensorSpec, TemporalSpec
 from pyproj import Transformer
@@ -83,7 +85,12 @@ def test_file_in_another_utm_zone_is_reprojected_to_the_right_place(make_tiff):
     path = make_tiff("z32.tif", data, crs="EPSG:32632", transform=Affine(10, 0, x0, 0, -10, y0),
                      descriptions=FOUR)
     cx, cy = Transformer.from_crs("EPSG:32632", UTM33, always_xy=True).transform(x0 + 1000, y0 - 1000)
-    obs = _fetch(LocalProvider(path), PointBuffer(cx, cy, 500, crs=UTM33))
+    provider, place = LocalProvider(path), PointBuffer(cx, cy, 500, crs=UTM33)
+    req = provider.request(place, TemporalSpec("2000-01-01", "2030-01-01"), SensorSpec(bands=FOUR))
+    # the provider's own grid is the file's lattice (the place is in zone 32 despite its CRS)
+    assert req.grid.crs == "EPSG:32632" and req.grid.transform.c == x0 + 500 and req.grid.transform.f == y0 - 500
+    # a request on a grid in UTM 33N is warped there
+    obs = provider.fetch(dataclasses.replace(req, grid=roi_grid(place, 10, crs=UTM33)))
     assert obs.grid.crs == UTM33 and obs.valid.all()
     gx, gy = np.meshgrid(obs.data.x.values, obs.data.y.values)
     sx, sy = Transformer.from_crs(UTM33, "EPSG:32632", always_xy=True).transform(gx, gy)
@@ -177,7 +184,9 @@ def test_frames_give_one_composite_per_bin(make_tiff, tmp_path):
     req = p.request(place, TemporalSpec("2022-06-01", "2022-06-16"), SensorSpec(bands=FOUR), FrameSpec.bins(3))
     obs = p.fetch(req)
     # bins [06-01, 06-06) [06-06, 06-11) [06-11, 06-16): the middle one is empty and skipped
-    assert obs.dates == [date(2022, 6, 3), date(2022, 6, 13)]
+    # each frame is dated by its scene, not by its bin's midpoint (06-03, 06-13)
+    assert obs.dates == [date(2022, 6, 1), date(2022, 6, 11)]
+    assert [f["date_from"] for f in obs.meta["frames"]] == ["median scene date", "bin midpoint", "median scene date"]
     assert obs.values()[:, 0, 0, 0].tolist() == [100 + 1088, 300 + 1088]
     assert [f["status"] for f in obs.meta["frames"]] == ["ok", "skipped", "ok"]
 

@@ -46,7 +46,7 @@ from ..sensors import S2_BANDS, S2_STACK_LAYOUTS, SCL_INVALID, normalize_band
 from ..specs import SensorSpec, SpatialSpec, TemporalSpec, crs_string, parse_crs
 from ..working_grid import Lattice
 from .base import FetchRequest, Observation, Provider, make_observation
-from .composite import composite, frame_series
+from .composite import composite, frame_series, scene_date
 from .raster_io import read_to_grid
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
@@ -368,7 +368,7 @@ class LocalProvider(Provider):
             meta["boa_offset_removed"] = {s.id: s.boa_offset for s in usable if s.boa_offset}
         if request.frames is None:
             values, ok = composite(stack_a, valid_a, when, sensor.composite, sensor.fill_value)
-            values, ok, frame_dates = values[None], ok[None], [temporal.midpoint if len(usable) > 1 else when[0]]
+            values, ok, frame_dates = values[None], ok[None], [scene_date(when, valid_a) or temporal.midpoint]
         else:
             fr = frame_series(stack_a, valid_a, when, temporal, request.frames, sensor.composite, sensor.fill_value)
             values, ok, frame_dates = fr.values, fr.valid, fr.dates

@@ -58,7 +58,7 @@ from ..sensors import S2_BANDS, SCL_INVALID, normalize_band
 from ..specs import SensorSpec, SpatialSpec, TemporalSpec
 from ..working_grid import Lattice, place_lonlat
 from .base import FetchRequest, Observation, Provider, make_observation
-from .composite import composite, frame_series
+from .composite import composite, frame_series, scene_date
 from .raster_io import read_to_grid
 from .redact import install_log_redaction, redact
 from .stac_lattice import header_lattice, proj_lattices
@@ -636,7 +636,7 @@ class StacProvider(Provider):
         if request.frames is None:
             values, ok = composite(stack_a, valid_a, when, sensor.composite, sensor.fill_value)
             values, ok = values[None], ok[None]
-            frame_dates = [temporal.midpoint if len(when) > 1 else when[0]]
+            frame_dates = [scene_date(when, valid_a) or temporal.midpoint]
         else:
             fr = frame_series(stack_a, valid_a, when, temporal, request.frames, sensor.composite, sensor.fill_value)
             values, ok, frame_dates = fr.values, fr.valid, fr.dates
