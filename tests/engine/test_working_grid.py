@@ -2,7 +2,8 @@
 written in; grids are in ground metres; imagery lattices are used when they qualify.
 
 Properties are checked over a seeded sweep of places (latitudes 0–70° in both hemispheres,
-every longitude, points within metres of UTM zone borders) written in eight CRSs.
+every longitude, points within metres of UTM zone borders) written in eight CRSs, and over
+twelve national grids inside their areas of use.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 import shapely
 from eoembed.specs import BBox, Geometry, PointBuffer
 from eoembed.working_grid import Lattice, choose_lattice, is_ground_crs, working_grid
-from pyproj import Geod, Transformer
+from pyproj import CRS, Geod, Transformer
 
 GEOD = Geod(ellps="WGS84")
 GLOBAL_CRSS = ["EPSG:4326", "EPSG:3857", "EPSG:3395", "EPSG:6933", "ESRI:54009", "EPSG:8857"]
@@ -169,3 +170,30 @@ def test_lattices_qualify_by_ground_units_pixel_size_and_zone():
 def test_norway_and_svalbard_follow_the_sentinel2_tiles():
     assert working_grid(PointBuffer(5.3, 60.4, 100), 10).crs == "EPSG:32632"  # Bergen: zone 32V
     assert working_grid(PointBuffer(15.6, 78.2, 100), 10).crs == "EPSG:32633"  # Longyearbyen: 33X
+
+
+NATIONAL = ["EPSG:27700", "EPSG:2154", "EPSG:3035", "EPSG:2056", "EPSG:3978", "EPSG:3577", "EPSG:5070",
+            "EPSG:5880", "EPSG:2193", "EPSG:28992", "EPSG:3067", "EPSG:6677"]
+
+
+def _national_places(code: str) -> list[tuple[float, float]]:
+    """Three points inside the grid's area of use and one metres from the zone border nearest its middle."""
+    area = CRS.from_user_input(code).area_of_use
+    rng = np.random.default_rng(int(code.split(":")[1]))
+    w, e = area.west + 0.25 * (area.east - area.west), area.east - 0.25 * (area.east - area.west)
+    s, n = max(area.south + 0.25 * (area.north - area.south), -70), min(area.north - 0.25 * (area.north - area.south), 70)
+    out = [(float(rng.uniform(w, e)), float(rng.uniform(s, n))) for _ in range(3)]
+    lat = (s + n) / 2
+    edge = round(((w + e) / 2 + 180) / 6) * 6 - 180
+    out.append((edge + float(rng.uniform(-200, 200)) / (111_320 * math.cos(math.radians(lat))), lat))
+    return out
+
+
+@pytest.mark.parametrize("code", NATIONAL)
+def test_national_grids_give_the_same_grid_as_lonlat_mercator_and_utm(code):
+    for lon, lat in _national_places(code):
+        crss = [code, "EPSG:4326", "EPSG:3857", _utm(lon, lat)]
+        grids = {working_grid(PointBuffer(*_in(c, lon, lat), 400, crs=c), 10.0) for c in crss}
+        assert len(grids) == 1, (lon, lat, grids)
+        (g,) = grids
+        assert g.crs == _utm(lon, lat) and (g.width, g.height) == (80, 80)
