@@ -9,17 +9,22 @@ real Galileo nano weights).
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from datetime import date
 
 import numpy as np
 import pytest
 import rasterio
+import shapely
 from affine import Affine
 from eoembed.embedders.registry import build_embedder
+from eoembed.grid import roi_grid
 from eoembed.providers.local import LocalProvider
 from eoembed.providers.stac import StacProvider
-from eoembed.specs import FrameSpec, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
+from eoembed.specs import FrameSpec, Geometry, OutputSpec, PointBuffer, SensorSpec, TemporalSpec
 from pyproj import Transformer
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.warp import Resampling, reproject, transform_bounds
 from test_provider_stac import Server
 
@@ -215,3 +220,27 @@ def test_frames_are_dated_by_their_scenes(world, window, dates):
         done = [f for f in obs.meta["frames"] if f["status"] == "ok"]
         assert [f["date"] for f in done] == [d.isoformat() for d in dates]
         assert all(f["date_from"] == "median scene date" for f in done)
+
+
+def test_warped_reads_of_polygons_raise_no_georeferencing_warning(world):
+    # rasterio wrapped arrays handed to reproject in in-memory datasets that start without a
+    # geotransform; with concurrent warps that printed NotGeoreferencedWarning (a race: the old
+    # code failed this test in about one run of two to four)
+    local, stac, facts = world
+    lon, lat = _lonlat(facts["border"], 112.0, 112.0)
+    window = TemporalSpec("2020-01-01", "2020-01-16")  # only the zone-16 tile
+    reqs = {local: [], stac: []}
+    for k in range(12):
+        x, y = lon + 0.002 * (k % 4 - 1.5), lat + 0.002 * (k // 4 - 1)
+        poly = Geometry(shapely.Polygon([(x - 0.003, y - 0.002), (x + 0.003, y - 0.003), (x, y + 0.002)]))
+        for p in (local, stac):
+            req = p.request(poly, window, SensorSpec(bands=("B04", "B08")))
+            assert req.grid.crs == "EPSG:32616"
+            # the same polygon on a grid in the next zone: every read is warped
+            reqs[p].append(dataclasses.replace(req, grid=roi_grid(poly, 10, crs="EPSG:32617")))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for p, batch in reqs.items():
+            for obs in p.fetch_many(batch, workers=8):
+                assert obs.valid.any() and obs.roi_mask.any() and not obs.roi_mask.all()
+    assert not [w for w in caught if issubclass(w.category, NotGeoreferencedWarning)]
