@@ -296,3 +296,23 @@ def test_unusable_inputs_are_spec_errors(tmp_path, make_tiff):
     five = make_tiff("y/five.tif", _ramp(5), crs=UTM33, transform=ORIGIN)
     with pytest.raises(SpecError, match="5 bands without names"):
         LocalProvider(five)
+
+
+def test_imagery_in_web_mercator_is_never_the_grid(make_tiff):
+    # a file in EPSG:3857 at 57° N: its "10 m" pixels are 5.4 m of ground, so the grid is the
+    # place's UTM zone, 10 ground metres a pixel, and the file is warped onto it
+    lon, lat = 9.85, 57.2
+    x, y = Transformer.from_crs(4326, "EPSG:3857", always_xy=True).transform(lon, lat)
+    t = Affine(10, 0, x - 1000, 0, -10, y + 1000)
+    path = make_tiff("merc.tif", _ramp(h=200, w=200), crs="EPSG:3857", transform=t, descriptions=FOUR)
+    obs = _fetch(LocalProvider(path), PointBuffer(x, y, 200, crs="EPSG:3857"))
+    assert obs.grid.crs == "EPSG:32632" and (obs.grid.width, obs.grid.height) == (40, 40)
+    assert obs.grid.transform.c % 10 == 0 and obs.grid.transform.f % 10 == 0
+    assert obs.meta["grid"] == {"crs": "EPSG:32632", "basis": "utm zone of the place"}
+    # the ramp (col + 10·row of the file) at two grid pixel centres 390 m apart, by pyproj:
+    # ≈ 72 file columns (390 m / cos 57.2° in Mercator units) plus the meridian convergence
+    ramp = obs.values()[0, 0]
+    to_merc = Transformer.from_crs("EPSG:32632", "EPSG:3857", always_xy=True)
+    (c0, r0), (c1, r1) = (~t * to_merc.transform(*(obs.grid.transform * (c + 0.5, 20.5))) for c in (0, 39))
+    expect = (c1 - c0) + 10 * (r1 - r0)
+    assert 70 < c1 - c0 < 74 and ramp[20, -1] - ramp[20, 0] == pytest.approx(expect, abs=0.5)
