@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from .embedders.registry import list_models as _list_models
 from .embedding import Embedding
 from .errors import CapabilityError, EoembedError, ProviderError, SpecError
 from .providers import Provider, open_provider
+from .providers.base import FetchRequest
 from .specs import FrameSpec, InputPrep, OutputSpec, SensorSpec, SpatialSpec, TemporalSpec
 
 #: The window used when none is given: every date (only sensible for local imagery).
@@ -117,7 +119,7 @@ def get_embeddings_batch(
         model, temporal, sensor, output, frames, prep, device, weights, model_config
     )
     provider = _provider(source, source_options)
-    requests = [provider.request(s, window, fetch_sensor, fetch_frames) for s in places]
+    requests = _requests(provider, places, window, fetch_sensor, fetch_frames, workers)
     observations = provider.fetch_many(requests, workers=workers)
     for i, obs in enumerate(observations):
         if isinstance(obs, Exception):
@@ -128,6 +130,30 @@ def get_embeddings_batch(
     for r in results:
         r.meta.setdefault("window", window.key())
     return results
+
+
+def _requests(provider: Provider, places: Sequence[SpatialSpec], window: TemporalSpec, sensor: SensorSpec,
+              frames: FrameSpec | None, workers: int) -> list[FetchRequest]:
+    """One request per place, built concurrently (a provider may search its catalogue to place
+    the grid); the first failure is raised with the place's index."""
+
+    def one(spatial: SpatialSpec) -> FetchRequest | Exception:
+        try:
+            return provider.request(spatial, window, sensor, frames)
+        except Exception as exc:  # raised below, in place order
+            return exc
+
+    if workers > 1 and len(places) > 1:
+        with ThreadPoolExecutor(max_workers=min(workers, len(places)), thread_name_prefix="eoembed-grid") as pool:
+            made = list(pool.map(one, places))
+    else:
+        made = [one(s) for s in places]
+    for i, req in enumerate(made):
+        if isinstance(req, Exception):
+            if isinstance(req, EoembedError) and len(places) > 1:
+                raise type(req)(f"place #{i}: {req}") from req
+            raise req
+    return made  # type: ignore[return-value]
 
 
 def embed_text(
