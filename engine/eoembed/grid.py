@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 from affine import Affine
-from rasterio.features import geometry_mask
+from rasterio.features import rasterize
+from rasterio.io import MemoryFile
 
 from .errors import SpecError
 from .specs import PointBuffer, SpatialSpec, crs_string, parse_crs
@@ -116,8 +117,21 @@ def roi_mask(spatial: SpatialSpec, grid: GridSpec) -> np.ndarray:
     if not spatial.is_polygon:
         return np.ones((grid.height, grid.width), dtype=bool)
     shape = spatial.shape(grid.crs)
-    out = (grid.height, grid.width)
-    inside = ~geometry_mask([shape], out_shape=out, transform=grid.transform, all_touched=False)
+    inside = burn_mask(shape, grid, all_touched=False)
     if not inside.any():
-        inside = ~geometry_mask([shape], out_shape=out, transform=grid.transform, all_touched=True)
+        inside = burn_mask(shape, grid, all_touched=True)
     return inside
+
+
+def burn_mask(shape: Any, grid: GridSpec, all_touched: bool = False) -> np.ndarray:
+    """Boolean (height, width): pixels whose centre lies in `shape` (or that it touches).
+
+    GDAL burns into an in-memory dataset created with the grid's transform (rasterio's own
+    array path starts its in-memory dataset without one, which printed
+    ``NotGeoreferencedWarning`` when several threads rasterised at once).
+    """
+    profile = dict(driver="MEM", width=grid.width, height=grid.height, count=1, dtype="uint8",
+                   transform=grid.transform)
+    with MemoryFile() as mem, mem.open(**profile) as dst:
+        rasterize([(shape, 1)], dst_path=dst, transform=grid.transform, all_touched=all_touched, fill=0)
+        return dst.read(1).astype(bool)

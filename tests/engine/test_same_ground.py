@@ -243,4 +243,5 @@ def test_warped_reads_of_polygons_raise_no_georeferencing_warning(world):
         for p, batch in reqs.items():
             for obs in p.fetch_many(batch, workers=8):
                 assert obs.valid.any() and obs.roi_mask.any() and not obs.roi_mask.all()
-    assert not [w for w in caught if issubclass(w.category, NotGeoreferencedWarning)]
+    seen = [f"{w.filename}:{w.lineno}" for w in caught if issubclass(w.category, NotGeoreferencedWarning)]
+    assert not seen, seen
