@@ -51,9 +51,14 @@ class Lattice:
     footprint: shapely.Geometry | None = None
     source: str = ""
 
+    @property
+    def offset(self) -> tuple[float, float]:
+        """The pixel corner nearest the CRS origin's lower left: the lattice without its tile."""
+        return (self.origin[0] % self.res, self.origin[1] % self.res)
+
     def order_key(self) -> tuple[str, float, float, float]:
-        """A key that does not depend on the source: CRS, pixel size, origin modulo the pixel."""
-        return (self.crs, self.res, self.origin[0] % self.res, self.origin[1] % self.res)
+        """A key that does not depend on the source: CRS, pixel size, offset (to a micrometre)."""
+        return (self.crs, self.res, round(self.offset[0], 6), round(self.offset[1], 6))
 
 
 def place_lonlat(spatial: SpatialSpec) -> tuple[float, float]:
@@ -98,11 +103,12 @@ def choose_lattice(spatial: SpatialSpec, scale_m: float, lattices: Iterable[Latt
     lon, lat = place_lonlat(spatial)
     centre = shapely.Point(lon, lat)
     zone = crs_string(utm_crs_for(lon, lat))
-    usable = {
-        lat_.order_key(): lat_
-        for lat_ in lattices
-        if (lat_.footprint is None or lat_.footprint.intersects(centre)) and is_ground_crs(lat_.crs, lon, lat)
-    }
+    usable: dict[tuple, Lattice] = {}
+    for lt in lattices:
+        if (lt.footprint is None or lt.footprint.intersects(centre)) and is_ground_crs(lt.crs, lon, lat):
+            seen = usable.get(lt.order_key())
+            if seen is None or lt.source < seen.source:  # one name per lattice, whatever the order
+                usable[lt.order_key()] = lt
     if not usable:
         return None
 
@@ -120,5 +126,6 @@ def working_grid(spatial: SpatialSpec, scale_m: float, lattices: Iterable[Lattic
     basis = f"lattice of {chosen.source}" if chosen.source else "imagery lattice"
     if abs(chosen.res - scale_m) > _RES_TOL * scale_m:
         basis += f" ({chosen.res:g} m pixels, corners shared)"
-    return roi_grid(spatial, scale_m, crs=chosen.crs, anchor=chosen.origin, basis=basis)
+    # anchored at the lattice's offset, not a tile's corner: tiles on one lattice give one grid
+    return roi_grid(spatial, scale_m, crs=chosen.crs, anchor=chosen.offset, basis=basis)
 

@@ -197,3 +197,15 @@ def test_national_grids_give_the_same_grid_as_lonlat_mercator_and_utm(code):
         assert len(grids) == 1, (lon, lat, grids)
         (g,) = grids
         assert g.crs == _utm(lon, lat) and (g.width, g.height) == (80, 80)
+
+
+def test_tiles_on_one_lattice_give_one_grid_whichever_is_listed():
+    place = PointBuffer(9.85, 57.2, 320)
+    fp = shapely.box(9, 56, 11, 58)
+    a = Lattice("EPSG:32632", 10.0, (549_892.6970314482, 6_344_077.6142594535), fp, "tile-a")
+    b = Lattice("EPSG:32632", 10.0, (549_892.6970314482 - 109_800, 6_344_077.6142594535 + 98_760), fp, "tile-b")
+    grids = [working_grid(place, 10, ls) for ls in ([a], [b], [a, b], [b, a])]
+    assert all(g == grids[0] and g.transform == grids[0].transform for g in grids)
+    assert all(g.basis == grids[2].basis for g in grids[2:])  # the smaller name, whatever the order
+    col = (grids[0].transform.c - a.origin[0]) / 10
+    assert abs(col - round(col)) < 1e-9
