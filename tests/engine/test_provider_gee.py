@@ -375,3 +375,26 @@ def test_application_default_credentials_are_the_persistent_fallback(server, key
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
     obs = _fetch(_provider(server, credentials=None, project=None), "2020-06-01", "2020-07-01", bands=["B02"])
     assert obs.meta["project"] == "sa-project" and obs.valid.all()
+
+
+def test_a_place_in_any_crs_gets_the_sentinel2_lattice_of_its_utm_zone(server):
+    # Earth Engine's S2 images are on 10 m multiples of their MGRS tile's UTM zone: the grid
+    # rule's fallback, whatever CRS the place is written in
+    from eoembed.specs import PointBuffer
+    from pyproj import Transformer
+
+    p = _provider(server)
+    x, y = X0 + 333.3, Y0 - 222.2
+    lon, lat = Transformer.from_crs(CRS, 4326, always_xy=True).transform(x, y)
+    when, sensor = TemporalSpec("2020-06-01", "2020-06-10"), SensorSpec(bands=("B02",))
+    reqs = []
+    for crs in (CRS, "EPSG:4326", "EPSG:3857", "EPSG:3035", "EPSG:25832"):
+        px, py = Transformer.from_crs(4326, crs, always_xy=True).transform(lon, lat)
+        reqs.append(p.request(PointBuffer(px, py, 150, crs=crs), when, sensor))
+    assert all(r.grid == reqs[0].grid for r in reqs)
+    g = reqs[0].grid
+    assert g.crs == CRS and (g.width, g.height) == (30, 30)
+    assert (g.transform.c, g.transform.f) == (X0 + 180, Y0 - 70)  # by hand: 333.3 − 150 → 180, −222.2 + 150 → −70
+    a, b = p.fetch(reqs[0]), p.fetch(reqs[2])
+    np.testing.assert_array_equal(a.values(), b.values())
+    assert b.meta["grid"] == {"crs": CRS, "basis": "utm zone of the place"}
