@@ -58,9 +58,9 @@ def test_a_batch_searches_once_and_reads_each_cog_about_once(one_tile) -> None:
     places = _places(facts)
     sensor = SensorSpec(bands=tuple(TEN_M))
     prov = _provider(server, collection="s2")
-    reqs = [prov.request(p, WINDOW, sensor) for p in places.values()]
     _stats(server)
-    prov.prepare(reqs)
+    prov.prepare(list(places.values()), WINDOW, sensor)
+    reqs = [prov.request(p, WINDOW, sensor) for p in places.values()]  # grids: from the same search
     got = prov.fetch_many(reqs, workers=4)
     batch = _stats(server)
     prov.close()
@@ -72,7 +72,8 @@ def test_a_batch_searches_once_and_reads_each_cog_about_once(one_tile) -> None:
     # header read per place
     for req, obs in zip(reqs, got):
         alone = _provider(server, collection="s2")
-        ref = alone.fetch(req)
+        ref = alone.fetch(alone.request(req.spatial, WINDOW, sensor))
+        assert ref.grid == obs.grid
         alone.close()
         np.testing.assert_array_equal(obs.values(), ref.values())
         np.testing.assert_array_equal(obs.valid, ref.valid)

@@ -23,6 +23,7 @@ from ..export.geotiff import read_geotiff
 from ..export.layout import GRID_STACK, PARTS_DIR, POOLED_NPZ, POOLED_PARQUET, grid_path, model_dir
 from ..export.npy_stream import NpyStream
 from ..export.stack import write_grid_stack
+from ..providers.redact import scrub
 from ..specs import OutputSpec
 from .plan import Wanted
 
@@ -82,7 +83,7 @@ def consolidate_pooled(out: Path, model: str, output: OutputSpec, wanted: Wanted
         for arr in arrays.values():
             arr.close()
         np.save(Path(scratch) / "model.npy", np.array(model))
-        np.save(Path(scratch) / "meta.npy", np.array(json.dumps(meta, default=str)))
+        np.save(Path(scratch) / "meta.npy", np.array(json.dumps(scrub(meta), default=str)))
         with zipfile.ZipFile(npz_tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
             for name in ("ids", "vectors", "model", "meta", "index", "fingerprints"):
                 zf.write(Path(scratch) / f"{name}.npy", arcname=f"{name}.npy")

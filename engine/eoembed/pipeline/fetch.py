@@ -49,19 +49,29 @@ def fetch_chunk(
     needed: dict[int, set[str]] = {}
     for it in task.items:
         needed.setdefault(it.index, set()).add(it.model)
+    if len(needed) > 1:  # shared work once (one catalogue search); each fetch still does its own
+        for job in jobs:
+            mine = [task.places[i][1] for i, models in needed.items() if job.key in models]
+            with contextlib.suppress(Exception):
+                provider.prepare(mine, temporal, job.sensor)
     groups: dict[str, dict[str, Any]] = {}
     out: Fetched = {}
-    for index, models in needed.items():
-        spatial = task.places[index][1]
-        for m in sorted(models):
-            job = by_model[m]
-            try:
-                req = provider.request(spatial, temporal, job.sensor, job.frames)
-            except Exception as exc:
-                out[(index, m)] = (None, error_text(exc), 1)
-                continue
-            g = groups.setdefault(_group_key(req), {"req": req, "members": []})
-            g["members"].append((index, m, req.sensor.bands))
+    pairs = [(index, m) for index, models in needed.items() for m in sorted(models)]
+
+    def make(pair: tuple[int, str]) -> FetchRequest | Exception:
+        job = by_model[pair[1]]
+        try:  # a provider may search its catalogue to place the grid: in parallel
+            return provider.request(task.places[pair[0]][1], temporal, job.sensor, job.frames)
+        except Exception as exc:
+            return exc
+
+    made = list(pool.map(make, pairs) if pool is not None and len(pairs) > 1 else map(make, pairs))
+    for (index, m), req in zip(pairs, made):
+        if isinstance(req, Exception):
+            out[(index, m)] = (None, error_text(req), 1)
+            continue
+        g = groups.setdefault(_group_key(req), {"req": req, "members": []})
+        g["members"].append((index, m, req.sensor.bands))
 
     def run(group: dict[str, Any]) -> list[tuple[tuple[int, str], tuple[Observation | None, str | None, int]]]:
         req: FetchRequest = group["req"]
@@ -85,9 +95,6 @@ def fetch_chunk(
         return res
 
     work = list(groups.values())
-    if len(work) > 1:  # only an optimisation: each fetch still does (and reports) its own work
-        with contextlib.suppress(Exception):
-            provider.prepare([g["req"] for g in work])
     results = pool.map(run, work) if pool is not None and len(work) > 1 else map(run, work)
     for pairs in results:
         out.update(pairs)

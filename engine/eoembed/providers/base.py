@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..grid import GridSpec, roi_grid
+from ..grid import GridSpec
 from ..specs import FrameSpec, SensorSpec, SpatialSpec, TemporalSpec
+from ..working_grid import Lattice, working_grid
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,8 @@ def make_observation(
 ) -> Observation:
     """Build an Observation from plain arrays ``(T, C, H, W)`` and ``(T, H, W)`` on `grid`."""
     mask = roi if roi is not None else np.ones(values.shape[-2:], dtype=bool)
+    meta = dict(meta or {})
+    meta.setdefault("grid", {"crs": grid.crs, "basis": grid.basis or "given"})
     return Observation(values, bands, dates, valid, mask, grid, meta)
 
 
@@ -143,9 +146,15 @@ class Provider(ABC):
     #: short name used in meta and on the command line ("local", "stac", "gee")
     name: str = "provider"
 
-    def grid_for(self, spatial: SpatialSpec, sensor: SensorSpec) -> GridSpec:
-        """The pixel grid a place is delivered on; providers may align it to their imagery."""
-        return roi_grid(spatial, sensor.scale_m)
+    def lattices(self, spatial: SpatialSpec, sensor: SensorSpec,
+                 temporal: TemporalSpec | None = None) -> list[Lattice]:
+        """Pixel lattices of the imagery that may lie under the place (none known: empty)."""
+        return []
+
+    def grid_for(self, spatial: SpatialSpec, sensor: SensorSpec, temporal: TemporalSpec | None = None) -> GridSpec:
+        """The pixel grid a place is delivered on: the one rule of :mod:`eoembed.working_grid`
+        applied to this provider's :meth:`lattices`."""
+        return working_grid(spatial, sensor.scale_m, self.lattices(spatial, sensor, temporal))
 
     def request(
         self,
@@ -155,15 +164,16 @@ class Provider(ABC):
         frames: FrameSpec | None = None,
     ) -> FetchRequest:
         """A FetchRequest for a place on this provider's grid."""
-        return FetchRequest(spatial, self.grid_for(spatial, sensor), temporal, sensor, frames)
+        return FetchRequest(spatial, self.grid_for(spatial, sensor, temporal), temporal, sensor, frames)
 
     #: places worth fetching at once: a few where fetching is CPU work (local files), many where
     #: it is waiting on a network (remote providers raise it)
     fetch_concurrency: int = 4
 
-    def prepare(self, requests: Sequence[FetchRequest]) -> None:
-        """Told the requests about to be fetched (one slice of a batch) so that work they share
-        can be done once (a remote catalogue searched once for all of them); nothing by default."""
+    def prepare(self, places: Sequence[SpatialSpec], temporal: TemporalSpec, sensor: SensorSpec) -> None:
+        """Told the places about to be requested and fetched together (a slice of a batch), so
+        that work they share is done once (a remote catalogue searched once for all of them);
+        nothing by default."""
         return None
 
     def close(self) -> None:
