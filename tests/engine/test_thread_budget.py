@@ -10,7 +10,12 @@ import eoembed
 import pytest
 import torch
 from eoembed.embedders.rcf import RCFEmbedder
-from eoembed.pipeline.budget import available_cores, cgroup_cpu_limit, plan_threads
+from eoembed.pipeline.budget import (
+    TorchThreadTuner,
+    available_cores,
+    cgroup_cpu_limit,
+    plan_threads,
+)
 from eoembed.providers.base import Provider
 from export_helpers import places, write_tiles
 
@@ -46,11 +51,32 @@ def test_torch_leaves_a_core_and_fetching_follows_the_provider() -> None:
     class Local(_Remote):
         fetch_concurrency = 4
 
-    assert plan_threads(Local(), cores=2).to_dict() == {"cores": 2, "torch": 1, "fetch": 4, "write": 1}
-    assert plan_threads(_Remote(), cores=8).to_dict() == {"cores": 8, "torch": 7, "fetch": 24, "write": 1}
+    assert plan_threads(Local(), cores=2).to_dict() == {"cores": 2, "torch": 1, "torch_max": 2, "fetch": 4, "write": 1}
+    assert plan_threads(_Remote(), cores=8).to_dict() == {"cores": 8, "torch": 7, "torch_max": 8, "fetch": 24,
+                                                          "write": 1}
     assert plan_threads(_Remote(), cores=1).torch == 1
     b = plan_threads(_Remote(), workers=3, torch_threads=5, cores=8)
-    assert (b.fetch, b.torch) == (3, 5)
+    assert (b.fetch, b.torch, b.to_dict()["torch_max"]) == (3, 5, 5)
+    assert b.tuner().candidates == [5]
+
+
+def test_the_tuner_keeps_the_faster_thread_count_and_probes_again() -> None:
+    tuner = TorchThreadTuner([1, 2], probe_every=4, warmup=1)
+    speed = {1: 10.0, 2: 20.0}  # places/s; 2 threads faster (an idle machine)
+
+    def run(n: int) -> list[int]:
+        used = []
+        for _ in range(n):
+            k = tuner.pick()
+            used.append(k)
+            tuner.record(k, 8, 8 / speed[k])
+        return used
+
+    first = run(6)
+    assert first[0] == 1 and sorted(first[1:5]) == [1, 1, 2, 2]  # warm-up, then each tried twice
+    assert run(12).count(2) >= 9  # the faster kept, the other probed now and then
+    speed[2] = 4.0  # another process now holds a core: two threads wait at every barrier
+    assert run(12)[-4:].count(1) >= 3  # back to one thread after a probe or two
 
 
 def test_a_run_uses_its_torch_threads_and_restores_them(tmp_path) -> None:

@@ -5,8 +5,9 @@ The cores counted are those this process may actually use: its CPU affinity
 cgroup CPU quota (``cpu.max`` of cgroup v2 or ``cpu.cfs_quota_us`` of v1, as Docker
 ``--cpus`` and Kubernetes limits set it). The budget on C such cores:
 
-* **torch** — ``C − 1`` intra-op threads (at least 1): one core is left to fetching (decoding
-  pixels), writing and the provider. Torch's own default (all cores) makes its threads meet at
+* **torch** — ``C − 1`` or ``C`` intra-op threads, chosen while the run goes by
+  :class:`TorchThreadTuner` from the forward rate each achieves (``C − 1`` leaves a core to
+  fetching, writing and the provider; ``C`` is faster on an idle machine for models that scale). Torch's own default (all cores) makes its threads meet at
   a barrier after every operation; when another thread or process holds one of those cores, the
   barrier waits for it, and throughput collapses (an RCF export fell from ~400 to ~40 places/s
   on 2 cores when another process was busy; with one torch thread it stayed at ~400/s).
@@ -23,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,9 +68,15 @@ class ThreadBudget:
     torch: int
     fetch: int
     write: int = 1
+    torch_max: int = 0  # > torch: the tuner may use up to this many when they prove faster
 
     def to_dict(self) -> dict[str, int]:
-        return {"cores": self.cores, "torch": self.torch, "fetch": self.fetch, "write": self.write}
+        return {"cores": self.cores, "torch": self.torch, "torch_max": max(self.torch, self.torch_max),
+                "fetch": self.fetch, "write": self.write}
+
+    def tuner(self) -> TorchThreadTuner:
+        """The run's torch thread chooser (one candidate when the count was given)."""
+        return TorchThreadTuner([self.torch, max(self.torch, self.torch_max)])
 
 
 def plan_threads(provider: Provider, workers: int | None = None, torch_threads: int | None = None,
@@ -78,7 +85,7 @@ def plan_threads(provider: Provider, workers: int | None = None, torch_threads: 
     cores = available_cores() if cores is None else max(1, cores)
     torch = torch_threads if torch_threads is not None else max(1, cores - 1)
     fetch = workers if workers is not None else max(1, int(provider.fetch_concurrency))
-    return ThreadBudget(cores=cores, torch=torch, fetch=fetch)
+    return ThreadBudget(cores=cores, torch=torch, fetch=fetch, torch_max=torch if torch_threads else cores)
 
 
 @contextlib.contextmanager
@@ -95,3 +102,46 @@ def using_torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+class TorchThreadTuner:
+    """Chooses torch's thread count while a run goes, from the forward rate it measures.
+
+    Each candidate (e.g. C − 1 and C threads) is tried on the first slices in turn, then the
+    faster (median of its last three slices) is kept; every `probe_every` slices the other is
+    tried once more, since other processes come and go. On an idle machine this finds the more
+    threads faster where the model scales; when another process holds a core, the barrier waits
+    make more threads slower and it falls back.
+    """
+
+    def __init__(self, candidates: Sequence[int], probe_every: int = 16, warmup: int = 1) -> None:
+        self.candidates = sorted({max(1, c) for c in candidates})
+        self.probe_every = max(2, probe_every)
+        self._warmup = warmup  # slices not timed (model load, first-call allocations)
+        self._rates: dict[int, list[float]] = {c: [] for c in self.candidates}
+        self._calls = 0
+
+    def pick(self) -> int:
+        """The thread count for the next slice."""
+        self._calls += 1
+        if self._warmup > 0 or len(self.candidates) == 1:
+            return self.best()
+        untried = [c for c in self.candidates if len(self._rates[c]) < 2]
+        if untried:
+            return min(untried, key=lambda c: len(self._rates[c]))
+        if self._calls % self.probe_every == 0:
+            return next(c for c in self.candidates if c != self.best())
+        return self.best()
+
+    def best(self) -> int:
+        """The candidate with the highest recent rate (the fewest threads until measured)."""
+        timed = {c: sorted(r[-3:])[len(r[-3:]) // 2] for c, r in self._rates.items() if r}
+        return max(timed, key=lambda c: timed[c]) if len(timed) == len(self.candidates) else self.candidates[0]
+
+    def record(self, threads: int, places: int, seconds: float) -> None:
+        """What the slice just inferred with `threads` achieved."""
+        if self._warmup > 0:
+            self._warmup -= 1
+            return
+        if threads in self._rates and seconds > 0 and places > 0:
+            self._rates[threads] = (self._rates[threads] + [places / seconds])[-3:]

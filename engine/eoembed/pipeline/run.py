@@ -196,7 +196,7 @@ def _run(
     elif executor == "thread":
         with using_torch_threads(budget.torch):
             cancelled = run_threads(tasks, jobs, provider, temporal, prep, policy, budget.fetch, chunk_size, handle,
-                                    should_stop)
+                                    should_stop, budget.tuner())
     else:
         cancelled = run_dask(tasks, jobs, source, source_options or {}, temporal, prep, policy, budget.fetch,
                               scheduler, handle, should_stop)
