@@ -24,6 +24,8 @@ _MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "galileo-tiny": ("galileo", "GalileoEmbedder", {"size": "tiny"}),
     "galileo-base": ("galileo", "GalileoEmbedder", {"size": "base"}),
     "presto": ("presto", "PrestoEmbedder", {}),
+    "croma-base": ("croma", "CROMAEmbedder", {"size": "base"}),
+    "croma-large": ("croma", "CROMAEmbedder", {"size": "large"}),
 }
 
 #: alias → canonical id. Through an alias the target's fixed config is only a default, so
@@ -32,6 +34,7 @@ _ALIASES: dict[str, str] = {
     "remoteclip": "remoteclip-vit-b-32",
     "msclip": "llama3-ms-clip-base",
     "galileo": "galileo-nano",
+    "croma": "croma-base",
 }
 
 # The one piece of global state: built embedders, keyed by (model, device, weights, config).
