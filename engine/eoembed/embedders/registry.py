@@ -26,6 +26,8 @@ _MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "presto": ("presto", "PrestoEmbedder", {}),
     "croma-base": ("croma", "CROMAEmbedder", {"size": "base"}),
     "croma-large": ("croma", "CROMAEmbedder", {"size": "large"}),
+    "dofa-base": ("dofa", "DOFAEmbedder", {"size": "base"}),
+    "dofa-large": ("dofa", "DOFAEmbedder", {"size": "large"}),
 }
 
 #: alias → canonical id. Through an alias the target's fixed config is only a default, so
@@ -35,6 +37,7 @@ _ALIASES: dict[str, str] = {
     "msclip": "llama3-ms-clip-base",
     "galileo": "galileo-nano",
     "croma": "croma-base",
+    "dofa": "dofa-base",
 }
 
 # The one piece of global state: built embedders, keyed by (model, device, weights, config).
