@@ -28,6 +28,8 @@ _MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "croma-large": ("croma", "CROMAEmbedder", {"size": "large"}),
     "dofa-base": ("dofa", "DOFAEmbedder", {"size": "base"}),
     "dofa-large": ("dofa", "DOFAEmbedder", {"size": "large"}),
+    "softcon-vits14": ("softcon", "SoftConEmbedder", {"arch": "vits14"}),
+    "softcon-vitb14": ("softcon", "SoftConEmbedder", {"arch": "vitb14"}),
 }
 
 #: alias → canonical id. Through an alias the target's fixed config is only a default, so
@@ -38,6 +40,7 @@ _ALIASES: dict[str, str] = {
     "galileo": "galileo-nano",
     "croma": "croma-base",
     "dofa": "dofa-base",
+    "softcon": "softcon-vits14",
 }
 
 # The one piece of global state: built embedders, keyed by (model, device, weights, config).
