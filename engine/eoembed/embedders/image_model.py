@@ -80,6 +80,10 @@ class ImageModelEmbedder(Embedder):
     def forward(self, x: torch.Tensor, observations: list[Observation]) -> tuple[torch.Tensor, torch.Tensor]:
         """Network input → pooled ``[B, D]`` and patch grid ``[B, D, h, w]``."""
 
+    def extra_meta(self, obs: Observation) -> dict[str, Any]:
+        """More per-observation provenance for meta (side inputs)."""
+        return {}
+
     def pooled_name(self) -> str:
         """What the pooled vector is (recorded in meta)."""
         return "model's pooled output (not mask-weighted)"
@@ -135,9 +139,11 @@ class ImageModelEmbedder(Embedder):
         x, seen = self.prepare(observations)
         pooled, grid = self.forward(x, observations)
         if output.mode == "pooled":
-            return [self.pooled_embedding(v, o, output, pooling=self.pooled_name(), input_window=window(o, s))
+            return [self.pooled_embedding(v, o, output, pooling=self.pooled_name(), input_window=window(o, s),
+                                          **self.extra_meta(o))
                     for v, o, s in zip(pooled, observations, seen)]
-        return [self.grid_embedding(g, s, output, input_window=window(o, s)) for g, o, s in zip(grid, observations, seen)]
+        return [self.grid_embedding(g, s, output, input_window=window(o, s), **self.extra_meta(o))
+                for g, o, s in zip(grid, observations, seen)]
 
 
 def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -30,6 +30,7 @@ _MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "dofa-large": ("dofa", "DOFAEmbedder", {"size": "large"}),
     "softcon-vits14": ("softcon", "SoftConEmbedder", {"arch": "vits14"}),
     "softcon-vitb14": ("softcon", "SoftConEmbedder", {"arch": "vitb14"}),
+    "clay-v1.5": ("clay", "ClayEmbedder", {}),
 }
 
 #: alias → canonical id. Through an alias the target's fixed config is only a default, so
@@ -41,6 +42,7 @@ _ALIASES: dict[str, str] = {
     "croma": "croma-base",
     "dofa": "dofa-base",
     "softcon": "softcon-vits14",
+    "clay": "clay-v1.5",
 }
 
 # The one piece of global state: built embedders, keyed by (model, device, weights, config).
