@@ -122,3 +122,23 @@ def test_weights_of_another_width_are_refused(tmp_path) -> None:
     emb = build_embedder("croma-large", weights=str(tmp_path / "small.pt"))
     with pytest.raises(WeightsError, match="width 64"):
         emb.load()
+
+
+@pytest.mark.parametrize("model", ["dofa-base", "dofa-large", "softcon-vits14", "softcon-vitb14", "croma-base",
+                                   "croma-large", "clay-v1.5"])
+def test_wave2_cards_need_no_weights_and_serialise(model) -> None:
+    import json
+
+    from eoembed.embedders.registry import list_models
+
+    assert model in list_models()
+    emb = build_embedder(model)
+    card = emb.describe()
+    assert card.id == model and not emb._loaded and not card.noncommercial
+    assert json.loads(json.dumps(card.to_dict()))["id"] == model
+
+
+def test_alias_with_an_option_selects_the_variant() -> None:
+    assert describe_model("croma", size="large").id == "croma-large"
+    assert describe_model("dofa", size="large").id == "dofa-large"
+    assert describe_model("softcon", arch="vitb14").id == "softcon-vitb14"
