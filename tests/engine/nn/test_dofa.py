@@ -24,7 +24,8 @@ TINY = DofaConfig(width=128, depth=2, heads=2)
 # util/pos_embed.py at commits a414125 / 1550cbe / 2ba9d35, timm 1.0.31 blocks, run once outside
 # the repository: TINY as OFAViT(embed_dim=128, depth=2, num_heads=2, num_classes=0), weights
 # seeded_state(seed=0, scale=0.02), input seeded_input((2, C, 224, 224)). max |ours − upstream|:
-# pooled 0.0 and patch tokens 0.0 for S2 (C=4, seed 1) and S1 (C=2, seed 2). Recorded (item 1):
+# pooled 0.0 and patch tokens 0.0 for S2 (C=4, seed 1) and S1 (C=2, seed 2); full size (base, nine S2
+# bands, batch 1): pooled 0.0, tokens 0.0 (the same operations in the same order). Recorded (item 1):
 UPSTREAM = {
     "s2": ((0.665, 0.56, 0.49, 0.842), 1, [1.491169, 1.082568, 0.596856, -0.71374], [0.208752, 0.099792, 0.042908]),
     "s1": ((3.75, 3.75), 2, [0.691042, 0.12633, 1.309361, 1.514119], [0.027706, 0.091745, 0.138944]),
