@@ -94,3 +94,21 @@ def test_landsat_tiles_and_wrong_width(checkpoint, tmp_path) -> None:
     small = build_embedder("clay", weights=_save(tmp_path / "small.ckpt", 128))
     with pytest.raises(WeightsError, match="width 128"):
         small.load()
+
+
+def test_real_tile_side_inputs_come_from_the_place(checkpoint, real_tiles) -> None:
+    import rasterio
+    from eoembed.api import get_embedding
+    from eoembed.specs import BBox
+    from pyproj import Transformer
+
+    with rasterio.open(real_tiles[2]) as src:
+        b, crs = src.bounds, src.crs.to_string()
+    lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform((b.left + b.right) / 2,
+                                                                                  (b.bottom + b.top) / 2)
+    emb = build_embedder("clay", weights=checkpoint)
+    out = get_embedding(emb, BBox(b.left, b.bottom, b.right, b.top, crs=crs), source=str(real_tiles[2]))
+    side = out.meta["side_inputs"]
+    assert side["lat"] == pytest.approx(lat, abs=1e-6) and side["lon"] == pytest.approx(lon, abs=1e-6)
+    assert side["gsd_m"] == pytest.approx(10.0 * 224 / 256)
+    assert out.to_numpy().shape == (1024,) and np.isfinite(out.to_numpy()).all()

@@ -91,6 +91,10 @@ def test_pooled_and_grid_come_from_the_loaded_network(checkpoint) -> None:
     assert np.allclose(grid.data.x.values, 500_000 + 80 * (np.arange(15) + 0.5))
     assert np.allclose(grid.data.y.values, 4_000_000 - 80 * (np.arange(15) + 0.5))
     assert emb.weights_info["depth"] == 2 and len(emb.weights_info["sha256"]) == 64
+    # the radar side is checked at load, then freed for an optical-only model
+    assert emb.network.s1_encoder is None and emb.weights_info["parts_kept"] == ["s2_encoder", "s2_GAP_FFN"]
+    with pytest.raises(ValueError, match="s1_encoder"):
+        emb.network(sar=torch.zeros(1, 2, 8, 8))
 
 
 def test_radar_and_joint_modalities(checkpoint) -> None:
@@ -142,3 +146,19 @@ def test_alias_with_an_option_selects_the_variant() -> None:
     assert describe_model("croma", size="large").id == "croma-large"
     assert describe_model("dofa", size="large").id == "dofa-large"
     assert describe_model("softcon", arch="vitb14").id == "softcon-vitb14"
+
+
+def test_real_tile_through_the_local_provider(checkpoint, real_tiles) -> None:
+    import rasterio
+    from eoembed.api import get_embedding
+    from eoembed.specs import BBox
+
+    with rasterio.open(real_tiles[1]) as src:
+        b, crs = src.bounds, src.crs.to_string()
+    emb = build_embedder("croma-base", weights=checkpoint)
+    out = get_embedding(emb, BBox(b.left, b.bottom, b.right, b.top, crs=crs), source=str(real_tiles[1]),
+                        output=OutputSpec.grid())
+    cell = (b.right - b.left) / 15  # the 224 px place resized to 120 px: 15 cells of 8 px
+    assert out.to_numpy().shape == (768, 15, 15)
+    assert np.allclose(out.data.x.values, b.left + cell * (np.arange(15) + 0.5), atol=1e-6)
+    assert np.isfinite(out.to_numpy()).all()

@@ -99,3 +99,20 @@ def test_weights_of_another_width_are_refused(tmp_path) -> None:
     emb = build_embedder("dofa-large", weights=_save(tmp_path / "b.pth", 128))
     with pytest.raises(WeightsError, match="width 128"):
         emb.load()
+
+
+def test_real_tile_through_the_local_provider(checkpoint, real_tiles) -> None:
+    import rasterio
+    from eoembed.api import get_embedding
+    from eoembed.specs import BBox
+
+    with rasterio.open(real_tiles[0]) as src:
+        b, crs = src.bounds, src.crs.to_string()
+    emb = build_embedder("dofa-base", weights=checkpoint)
+    out = get_embedding(emb, BBox(b.left, b.bottom, b.right, b.top, crs=crs), source=str(real_tiles[0]),
+                        output=OutputSpec.grid())
+    cell = (b.right - b.left) / 14
+    assert out.to_numpy().shape == (768, 14, 14) and out.crs == crs
+    assert np.allclose(out.data.x.values, b.left + cell * (np.arange(14) + 0.5), atol=1e-6)
+    assert np.allclose(out.data.y.values, b.top - cell * (np.arange(14) + 0.5), atol=1e-6)
+    assert np.isfinite(out.to_numpy()).all() and out.meta["config"]["bands"][0] == "B04"

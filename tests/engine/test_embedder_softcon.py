@@ -95,3 +95,16 @@ def test_s1_tiles_and_wrong_band_count(weights_dir) -> None:
     wrong = build_embedder("softcon-vits14", weights=weights_dir + "/B2_vits14_softcon.pth")
     with pytest.raises(WeightsError, match="over 2 bands"):
         wrong.load()
+
+
+def test_real_l2a_tile_lacks_b10_and_says_so(weights_dir, real_tiles) -> None:
+    import rasterio
+    from eoembed.api import get_embedding
+    from eoembed.errors import EoembedError
+    from eoembed.specs import BBox
+
+    with rasterio.open(real_tiles[0]) as src:
+        b, crs = src.bounds, src.crs.to_string()
+    emb = build_embedder("softcon-vits14", weights=weights_dir)
+    with pytest.raises(EoembedError, match="B10"):
+        get_embedding(emb, BBox(b.left, b.bottom, b.right, b.top, crs=crs), source=str(real_tiles[0]))

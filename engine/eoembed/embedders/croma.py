@@ -23,6 +23,8 @@ S1_MEAN = (-12.59, -20.26)
 S1_STD = (5.26, 5.91)
 MODALITIES = ("optical", "sar", "both")
 _OUTPUT = {"optical": "optical", "sar": "SAR", "both": "joint"}
+_PARTS = {"optical": ("s2_encoder", "s2_GAP_FFN"), "sar": ("s1_encoder", "s1_GAP_FFN"),
+          "both": ("s1_encoder", "s1_GAP_FFN", "s2_encoder", "s2_GAP_FFN", "joint_encoder")}
 
 
 class CROMAEmbedder(ImageModelEmbedder):
@@ -138,9 +140,10 @@ class CROMAEmbedder(ImageModelEmbedder):
                 f"{path.name} holds a CROMA of width {got.dim}, not the {self.size} model ({want.dim}); "
                 f"give CROMA_{self.size}.pt or pick the model id that matches"
             )
+        model.keep_only(set(_PARTS[self.modality]))  # every tensor was checked; free the unused side
         self._model = model.to(self.device)
         self.weights_info = {"source": source, "file": path.name, "sha256": file_sha256(path),
-                             "depth": got.depth}
+                             "depth": got.depth, "parts_kept": list(_PARTS[self.modality])}
 
     def forward(self, x: torch.Tensor, observations: list[Observation]) -> tuple[torch.Tensor, torch.Tensor]:
         model: CROMA = self.network  # type: ignore[assignment]

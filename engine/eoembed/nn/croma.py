@@ -192,6 +192,18 @@ class CROMA(nn.Module):
         self.joint_encoder = JointEncoder(c.dim, c.depth // 2, c.heads)
         self._bias: dict[tuple[int, int, str], Tensor] = {}
 
+    def keep_only(self, parts: set[str]) -> None:
+        """Free the parts not in `parts` (after loading), e.g. the radar side of an optical-only use."""
+        for name in PARTS:
+            if name not in parts:
+                setattr(self, name, None)
+
+    def _part(self, name: str) -> nn.Module:
+        module = getattr(self, name)
+        if module is None:
+            raise ValueError(f"this CROMA was loaded without its {name}; load it with that part kept")
+        return module
+
     def bias(self, h: int, w: int, device: torch.device) -> Tensor:
         """The ALiBi bias of an h×w patch grid (cached per grid and device)."""
         key = (h, w, str(device))
@@ -214,13 +226,14 @@ class CROMA(nn.Module):
         bias = self.bias(hh // PATCH, ww // PATCH, ref.device)
         out: dict[str, Tensor] = {}
         if sar is not None:
-            out["SAR_encodings"] = self.s1_encoder(sar, bias)
-            out["SAR_GAP"] = self.s1_GAP_FFN(out["SAR_encodings"].mean(dim=1))
+            out["SAR_encodings"] = self._part("s1_encoder")(sar, bias)
+            out["SAR_GAP"] = self._part("s1_GAP_FFN")(out["SAR_encodings"].mean(dim=1))
         if optical is not None:
-            out["optical_encodings"] = self.s2_encoder(optical, bias)
-            out["optical_GAP"] = self.s2_GAP_FFN(out["optical_encodings"].mean(dim=1))
+            out["optical_encodings"] = self._part("s2_encoder")(optical, bias)
+            out["optical_GAP"] = self._part("s2_GAP_FFN")(out["optical_encodings"].mean(dim=1))
         if sar is not None and optical is not None:
-            out["joint_encodings"] = self.joint_encoder(out["SAR_encodings"], out["optical_encodings"], bias)
+            joint = self._part("joint_encoder")
+            out["joint_encodings"] = joint(out["SAR_encodings"], out["optical_encodings"], bias)
             out["joint_GAP"] = out["joint_encodings"].mean(dim=1)
         return out
 
