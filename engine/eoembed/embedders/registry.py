@@ -31,6 +31,19 @@ _MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "softcon-vits14": ("softcon", "SoftConEmbedder", {"arch": "vits14"}),
     "softcon-vitb14": ("softcon", "SoftConEmbedder", {"arch": "vitb14"}),
     "clay-v1.5": ("clay", "ClayEmbedder", {}),
+    "prithvi-eo-2.0-tiny-tl": ("prithvi", "PrithviEmbedder", {"variant": "tiny-tl"}),
+    "prithvi-eo-2.0-100m-tl": ("prithvi", "PrithviEmbedder", {"variant": "100m-tl"}),
+    "prithvi-eo-2.0-300m": ("prithvi", "PrithviEmbedder", {"variant": "300m"}),
+    "prithvi-eo-2.0-300m-tl": ("prithvi", "PrithviEmbedder", {"variant": "300m-tl"}),
+    "prithvi-eo-2.0-600m": ("prithvi", "PrithviEmbedder", {"variant": "600m"}),
+    "prithvi-eo-2.0-600m-tl": ("prithvi", "PrithviEmbedder", {"variant": "600m-tl"}),
+    "satmae": ("satmae", "SatMAEEmbedder", {}),
+    "satmaepp-rgb": ("satmaepp", "SatMAEPPEmbedder", {"variant": "rgb"}),
+    "satmaepp-s2": ("satmaepp", "SatMAEPPEmbedder", {"variant": "s2"}),
+    "scalemae": ("scalemae", "ScaleMAEEmbedder", {}),
+    "alphaearth": ("products", "AlphaEarthEmbedder", {}),
+    "tessera": ("products", "TesseraEmbedder", {}),
+    "copernicus-embed": ("products", "CopernicusEmbedEmbedder", {}),
 }
 
 #: alias → canonical id. Through an alias the target's fixed config is only a default, so
@@ -43,6 +56,10 @@ _ALIASES: dict[str, str] = {
     "dofa": "dofa-base",
     "softcon": "softcon-vits14",
     "clay": "clay-v1.5",
+    "prithvi": "prithvi-eo-2.0-tiny-tl",
+    "satmaepp": "satmaepp-rgb",
+    "scale-mae": "scalemae",
+    "gse": "alphaearth",
 }
 
 # The one piece of global state: built embedders, keyed by (model, device, weights, config).

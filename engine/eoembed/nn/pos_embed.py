@@ -2,7 +2,8 @@
 
 These tables are functions of the token grid only, so models compute them when they are built
 or for each input size, and never read them from a checkpoint (a stored copy is dropped by the
-loader). Everything is computed in float64 and returned as float32.
+loader). Everything is computed on the CPU in float64 and returned as float32 CPU tensors (move
+them with ``.to(tokens)``), so any device (including MPS, which lacks float64) can use them.
 
 Public API (stable; other model files build on it):
 
@@ -35,7 +36,10 @@ _DTYPE = torch.float64
 
 
 def _positions(values: Tensor | Sequence[float]) -> Tensor:
-    return torch.as_tensor(values, dtype=_DTYPE).reshape(-1)
+    """Positions as a float64 CPU vector (tables are built on the CPU; callers move them)."""
+    if isinstance(values, Tensor):
+        return values.detach().to("cpu", _DTYPE).reshape(-1)
+    return torch.as_tensor(values, dtype=_DTYPE, device="cpu").reshape(-1)
 
 
 def _even(dim: int, what: str, multiple: int = 2) -> None:
@@ -45,7 +49,7 @@ def _even(dim: int, what: str, multiple: int = 2) -> None:
 
 def _sincos(dim: int, pos: Tensor, temperature: float) -> Tensor:
     """float64 ``[M, dim]``: MAE's ``[sin(p·ω), cos(p·ω)]``, ``ω_i = T^(-i/(dim/2))``."""
-    omega = 1.0 / temperature ** (torch.arange(dim // 2, dtype=_DTYPE) / (dim / 2.0))
+    omega = 1.0 / temperature ** (torch.arange(dim // 2, dtype=_DTYPE, device="cpu") / (dim / 2.0))
     out = pos.reshape(-1, 1).to(_DTYPE) * omega[None]
     return torch.cat([out.sin(), out.cos()], dim=1)
 
@@ -74,8 +78,8 @@ def sincos_2d(dim: int, grid: tuple[int, int], *, scale: float | Tensor = 1.0,
     """
     _even(dim, "a 2D sin-cos table", 4)
     h, w = (int(v) for v in grid)
-    rows = torch.arange(h, dtype=_DTYPE).repeat_interleave(w)
-    cols = torch.arange(w, dtype=_DTYPE).repeat(h)
+    rows = torch.arange(h, dtype=_DTYPE, device="cpu").repeat_interleave(w)
+    cols = torch.arange(w, dtype=_DTYPE, device="cpu").repeat(h)
     if isinstance(scale, Tensor) and scale.dim() > 0:
         s = scale.detach().to("cpu", _DTYPE).reshape(-1, 1)
         tables = [torch.cat([_sincos(dim // 2, cols * f, 10000.0),
@@ -97,9 +101,9 @@ def sincos_3d(dim: int, grid: tuple[int, int, int], *, cls_token: bool = False) 
     t, h, w = (int(v) for v in grid)
     dw = dh = dim // 16 * 6
     dt = dim // 16 * 4
-    frames = torch.arange(t, dtype=_DTYPE).repeat_interleave(h * w)
-    rows = torch.arange(h, dtype=_DTYPE).repeat_interleave(w).repeat(t)
-    cols = torch.arange(w, dtype=_DTYPE).repeat(t * h)
+    frames = torch.arange(t, dtype=_DTYPE, device="cpu").repeat_interleave(h * w)
+    rows = torch.arange(h, dtype=_DTYPE, device="cpu").repeat_interleave(w).repeat(t)
+    cols = torch.arange(w, dtype=_DTYPE, device="cpu").repeat(t * h)
     table = torch.cat([_sincos(dw, cols, 10000.0), _sincos(dh, rows, 10000.0),
                        _sincos(dt, frames, 10000.0)], dim=1)
     return _with_cls(table.float(), cls_token)
@@ -115,10 +119,10 @@ def sincos_2d_gsd(dim: int, grid: tuple[int, int], gsd: float = 1.0, *,
     _even(dim, "a GSD-scaled 2D sin-cos table", 4)
     h, w = (int(v) for v in grid)
     q = dim // 4
-    steps = torch.arange(q, dtype=_DTYPE) / max(q - 1, 1)
+    steps = torch.arange(q, dtype=_DTYPE, device="cpu") / max(q - 1, 1)
     omega = float(gsd) / temperature ** (2.0 * steps / dim)
-    ys = torch.arange(h, dtype=_DTYPE).repeat_interleave(w)[:, None] * omega[None]
-    xs = torch.arange(w, dtype=_DTYPE).repeat(h)[:, None] * omega[None]
+    ys = torch.arange(h, dtype=_DTYPE, device="cpu").repeat_interleave(w)[:, None] * omega[None]
+    xs = torch.arange(w, dtype=_DTYPE, device="cpu").repeat(h)[:, None] * omega[None]
     return torch.cat([xs.sin(), xs.cos(), ys.sin(), ys.cos()], dim=1).float()
 
 
@@ -127,6 +131,6 @@ def sincos_1d_simple(values: Tensor | Sequence[float], dim: int, *,
     """lucidrains' 1D table ``[sin(vω), cos(vω)]``, ``ω_i = T^(-i/(dim/2 − 1))``: ``[M, dim]``."""
     _even(dim, "a 1D sin-cos table")
     half = dim // 2
-    omega = 1.0 / temperature ** (torch.arange(half, dtype=_DTYPE) / max(half - 1, 1))
+    omega = 1.0 / temperature ** (torch.arange(half, dtype=_DTYPE, device="cpu") / max(half - 1, 1))
     out = _positions(values)[:, None] * omega[None]
     return torch.cat([out.sin(), out.cos()], dim=1).float()
