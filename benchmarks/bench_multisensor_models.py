@@ -55,6 +55,7 @@ def _build(model: str, size: int) -> tuple[Any, Any]:
         from eoembed.nn.croma import CROMA, CROMA_CONFIGS
 
         net = CROMA(CROMA_CONFIGS[model.split("-")[1]])
+        net.keep_only({"s2_encoder", "s2_GAP_FFN"})  # as the optical embedder keeps it
         return net, lambda x: net(optical=x[:, :12])
     if model == "clay-v1.5":
         from eoembed.nn.clay import CLAY_CONFIGS, ClayEncoder
