@@ -108,3 +108,18 @@ def test_real_l2a_tile_lacks_b10_and_says_so(weights_dir, real_tiles) -> None:
     emb = build_embedder("softcon-vits14", weights=weights_dir)
     with pytest.raises(EoembedError, match="B10"):
         get_embedding(emb, BBox(b.left, b.bottom, b.right, b.top, crs=crs), source=str(real_tiles[0]))
+
+
+def test_normalisation_acts_on_the_pixels_before_the_resize() -> None:
+    # B02 pixels at the band mean (→ 127/255) and far below mean − 2σ (→ 0) in a 2×2 checkerboard:
+    # normalised first, the upsampled input averages 127/255 and 0; resizing the raw values first
+    # would spread the large negative values and clip nearly everything to 0
+    emb = SoftConEmbedder(fit="squash")
+    vals = np.zeros((1, 13, 2, 2), np.float32)
+    vals[0, 1] = [[1397.6, -1e5], [-1e5, 1397.6]]
+    obs = make_observation(vals, np.ones((1, 2, 2), bool), GridSpec("EPSG:32632", ORIGIN, 2, 2), S2_BANDS,
+                           [date(2022, 5, 1)])
+    x, _ = emb.prepare([obs])
+    assert x.shape == (1, 13, 224, 224)
+    assert float(x[0, 1].mean()) == pytest.approx(127 / 255 / 2, abs=0.01)
+    assert float(x[0, 1].min()) >= 0.0 and float(x[0, 1].max()) <= 127 / 255 + 1e-6

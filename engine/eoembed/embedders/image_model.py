@@ -30,8 +30,10 @@ class ImageModelEmbedder(Embedder):
     Input: each observation's first frame (the composite over the window) in :meth:`bands`
     order. Invalid pixels take :meth:`fill_values` (observation units). ``fit="crop"`` keeps the
     centre square of whole input pixels (side = the shorter side), ``fit="squash"`` the whole
-    place; then a bilinear resize to ``image_size`` (antialiased when shrinking) and
-    :meth:`normalize`. Grids are georeferenced over the part of the place the model saw.
+    place; then :meth:`normalize` at the place's own size (so clipping and 8-bit steps act on
+    the pixels, as upstream's data pipelines do) and a bilinear resize to ``image_size``
+    (antialiased when shrinking). Grids are georeferenced over the part of the place the model
+    saw.
     """
 
     default_batch_size: ClassVar[int] = 8
@@ -102,7 +104,8 @@ class ImageModelEmbedder(Embedder):
         return {
             "frame": "first frame (the composite over the window)",
             "fit": ("centre square of whole input pixels" if self.fit == "crop" else "whole place (aspect dropped)")
-            + f", bilinear resize to {self.image_size}×{self.image_size} px (antialiased when shrinking)",
+            + f", normalised, then bilinear resize to {self.image_size}×{self.image_size} px (antialiased when "
+            "shrinking)",
         }
 
     @property
@@ -129,11 +132,11 @@ class ImageModelEmbedder(Embedder):
             valid = torch.from_numpy(np.asarray(obs.valid[0], dtype=bool))
             vals = torch.where(valid[None], vals, fill)
             r, c, h, w = self.crop_window(*vals.shape[-2:])
-            images.append(resize_square(vals[:, r : r + h, c : c + w], self.image_size))
+            crop = self.normalize(vals[None, :, r : r + h, c : c + w].to(self.device))[0]
+            images.append(resize_square(crop, self.image_size))
             whole = (h, w) == (obs.grid.height, obs.grid.width)
             seen.append(obs if whole else sub_observation(obs, r, c, h, w))
-        x = torch.stack(images).to(self.device)
-        return self.normalize(x), seen
+        return torch.stack(images), seen
 
     def embed_batch(self, observations: list[Observation], output: OutputSpec) -> list[Embedding]:
         x, seen = self.prepare(observations)
