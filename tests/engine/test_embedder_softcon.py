@@ -49,6 +49,7 @@ def test_ids_and_cards() -> None:
     assert resolve_model_id("softcon") == "softcon-vits14"
     card = describe_model("softcon-vitb14")
     assert card.dim == 768 and card.license == "Apache-2.0" and card.grid_cell_px == 14 and card.image_size == 224
+    assert card.summary.startswith("SoftCon ViT-B/14 (S2)")
     assert card.bands == S2_BANDS and "B10" in card.bands and "softcon-vits14" in card.variants
     s1 = SoftConEmbedder(modality="s1")
     assert s1.describe().bands == ("VV", "VH") and s1.default_source() == ("hf:wangyi111/softcon",

@@ -21,6 +21,7 @@ S2_STD = (791.0, 854.3, 878.7, 1144.9, 1127.5, 1164.2, 1276.0, 1249.5, 1345.9, 5
 S1_MEAN = (-12.59, -20.26)
 S1_STD = (5.26, 5.91)
 NORMALIZATIONS = ("softcon", "zscore")
+_ARCH_NAMES = {"vits14": "ViT-S/14", "vitb14": "ViT-B/14"}
 
 
 class SoftConEmbedder(ImageModelEmbedder):
@@ -94,7 +95,7 @@ class SoftConEmbedder(ImageModelEmbedder):
         return ModelCard(
             id=self.model_id,
             family=self.family,
-            summary=f"SoftCon {self.arch.replace('vit', 'ViT-').upper()} ({self.modality.upper()}): "
+            summary=f"SoftCon {_ARCH_NAMES[self.arch]} ({self.modality.upper()}): "
                     "DINOv2 continually pretrained on SSL4EO-S12.",
             bands=self.bands,
             scale_m=10.0,
