@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent set-up: a virtual environment in .venv with eoembed and its dependencies.
 #   bash scripts/setup.sh          engine only
-#   bash scripts/setup.sh --qgis   also QGIS 3 from Debian and a virtual X server (for the plugin)
+#   bash scripts/setup.sh --qgis   also QGIS 3 from Debian, a virtual X server, and .venv-qgis:
+#                                  the system Python QGIS uses plus pytest only (no eoembed,
+#                                  torch, xarray or pyarrow), where the plugin tests run
 # Fast when already done: a stamp file records what was installed.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,4 +40,23 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # eager: Debian's old attrs and friends, visible through --system-site-packages, break rasterio.
   .venv/bin/python -m pip install -q --upgrade-strategy eager -c scripts/constraints.txt -e ".[$extras]"
   echo "$want" > "$stamp"
+fi
+
+# The plugin's tests run QGIS in the Python a user's QGIS has: the system one. A venv with
+# --system-site-packages sees Debian's QGIS, numpy and GDAL bindings and adds only pytest; it
+# must not see eoembed (the engine is reached through the worker, .venv/bin/python).
+if [ "$want_qgis" = 1 ]; then
+  qstamp=".venv-qgis/.eoembed-qgis-installed"
+  qwant="pytest==9.2.0 pytest-timeout==2.4.0 pytest-qgis==5.0.2"
+  [ -x .venv-qgis/bin/python ] || "$py" -m venv --system-site-packages .venv-qgis
+  if [ "$(cat "$qstamp" 2>/dev/null)" != "$qwant" ]; then
+    echo "setup: installing pytest into .venv-qgis (QGIS's own Python)" >&2
+    # shellcheck disable=SC2086
+    .venv-qgis/bin/python -m pip install -q $qwant
+    echo "$qwant" > "$qstamp"
+  fi
+  if .venv-qgis/bin/python -c 'import eoembed' 2>/dev/null; then
+    echo "setup: eoembed is importable in the system Python; the plugin tests need it absent" >&2
+    exit 1
+  fi
 fi

@@ -60,7 +60,7 @@ def _out_path(grid: QgsRasterLayer, kind: str, out_dir: str | Path | None) -> Pa
 
 def _model_of(grid: QgsRasterLayer) -> str:
     with contextlib.suppress(Exception):
-        return str(analysis_io.read_grid(analysis_io.raster_path(grid)).meta.get("model") or "analysis")
+        return str(analysis_io.grid_meta(analysis_io.raster_path(grid)).get("model") or "analysis")
     return "analysis"
 
 
@@ -87,7 +87,7 @@ def similarity_from_point(grid: QgsRasterLayer, point: QgsPointXY, crs: QgsCoord
     try:
         path = analysis_io.similarity_to_point(analysis_io.raster_path(grid), point.x(), point.y(),
                                                analysis_io.crs_text(crs), out)
-    except ValueError as exc:  # SpecError: outside the grid, a cell without data
+    except ValueError as exc:  # GridMathError: a reference without data
         raise AnalysisError(str(exc)) from exc
     name = f"similarity to ({point.x():.0f}, {point.y():.0f})"
     return add_result_layer(path, name, "similarity", _model_of(grid), project)

@@ -6,9 +6,11 @@ Stored in QgsSettings under ``eoembed/``. The diagnostics run the engine's Pytho
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
-from qgis.core import QgsSettings
+from qgis.core import QgsApplication, QgsSettings
 from qgis.PyQt.QtWidgets import (
     QComboBox,
     QDialog,
@@ -38,9 +40,27 @@ def put(key: str, value: Any) -> None:
     QgsSettings().setValue(PREFIX + key, value)
 
 
+def managed_dir() -> Path:
+    """Where *Set up the engine* puts its virtual environment: ``<profile>/eoembed/engine``."""
+    return Path(QgsApplication.qgisSettingsDirPath()) / "eoembed" / "engine"
+
+
+def managed_python() -> Path:
+    """The managed environment's interpreter (it may not exist yet)."""
+    d = managed_dir()
+    return d / "Scripts" / "python.exe" if os.name == "nt" else d / "bin" / "python"
+
+
 def engine_python() -> str:
-    """The Python that runs the engine: the setting, else $EOEMBED_PYTHON / a .venv / this one."""
-    return str(get("engine_python", "") or default_python())
+    """The Python that runs the engine: the chosen one, else the managed environment, else
+    $EOEMBED_PYTHON or a checkout's .venv; "" when none exists (then *Set up the engine*)."""
+    chosen = str(get("engine_python", "") or "")
+    if chosen:
+        return chosen
+    managed = managed_python()
+    if managed.exists():
+        return str(managed)
+    return default_python()
 
 
 def worker_extra_env() -> dict[str, str]:

@@ -366,16 +366,29 @@ def probe() -> dict[str, Any]:
     return out
 
 
+def text_vector(model: str, text: str) -> dict[str, Any]:
+    """The unit-length text embedding of `text` by the CLIP `model` (for text queries in QGIS)."""
+    import eoembed
+    import numpy as np
+
+    vec = np.asarray(eoembed.embed_text(model, text, device=os.environ.get("EOEMBED_DEVICE", "cpu")),
+                     dtype=np.float64)[0]
+    return {"model": model, "vector": (vec / np.linalg.norm(vec)).tolist()}
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) == 2 and argv[1] in ("--models", "--probe"):
+    modes = {"--models": lambda: models(), "--probe": lambda: probe()}
+    if len(argv) == 4 and argv[1] == "--text":
+        modes["--text"] = lambda: text_vector(argv[2], argv[3])
+    if len(argv) in (2, 4) and argv[1] in modes:
         try:
-            emit("result", **(models() if argv[1] == "--models" else probe()))
+            emit("result", **modes[argv[1]]())
             return 0
         except Exception as exc:
             emit("error", message=_sentence(exc), details=traceback.format_exc())
             return 1
     if len(argv) != 2:
-        emit("error", message="usage: worker.py job.json | --models | --probe", details="")
+        emit("error", message="usage: worker.py job.json | --models | --probe | --text MODEL TEXT", details="")
         return 2
     try:
         job = json.loads(Path(argv[1]).read_text())
