@@ -15,11 +15,12 @@ from typing import Any
 
 from qgis.core import (
     QgsLayerTreeGroup,
-    QgsMultiBandColorRenderer,
     QgsProject,
     QgsRasterLayer,
     QgsVectorLayer,
 )
+
+from .styles import style_pca_rgb
 
 
 def group_name(model: str) -> str:
@@ -50,13 +51,6 @@ def pooled_layer(path: str, name: str) -> QgsVectorLayer:
     p = Path(path)
     uri = f"{p}|layername={p.stem}" if p.suffix.lower() == ".gpkg" else str(p)
     return QgsVectorLayer(uri, name, "ogr")
-
-
-def style_pca_rgb(layer: QgsRasterLayer) -> None:
-    """Show bands 1, 2, 3 (PC1–PC3, already stretched to 1–255 by the worker) as red, green, blue."""
-    renderer = QgsMultiBandColorRenderer(layer.dataProvider(), 1, 2, 3)
-    layer.setRenderer(renderer)
-    layer.triggerRepaint()
 
 
 def grid_layers(grid: dict[str, Any], prefix: str) -> tuple[QgsRasterLayer | None, QgsRasterLayer]:

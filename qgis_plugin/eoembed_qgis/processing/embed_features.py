@@ -19,6 +19,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QVariant
 
+from ..icons import icon
 from . import engine_job
 
 ID_FIELD = "eoembed_id"
@@ -51,6 +52,9 @@ class EmbedFeaturesAlgorithm(QgsProcessingAlgorithm):
 
     def group(self) -> str:
         return "Embeddings"
+
+    def icon(self):
+        return icon("embed")
 
     def groupId(self) -> str:  # noqa: N802
         return "embeddings"
