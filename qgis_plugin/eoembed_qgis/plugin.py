@@ -154,6 +154,10 @@ class EoembedPlugin:
             messages.info(self.iface, "the eoembed engine is not set up yet: eoembed ▸ Set up the engine")
             self.open_setup()
             return
+        if not Path(python).exists():
+            messages.error(self.iface, f"the engine Python {python} does not exist: run eoembed ▸ Set up the "
+                           "engine, or choose another one in Settings ▸ Options ▸ eoembed")
+            return
         from . import model_cache
         from .dialog import EmbedDialog
 
@@ -171,17 +175,28 @@ class EoembedPlugin:
         """Snapshot the selection, estimate, confirm when big, and queue an EmbedTask."""
         from .dialog import confirm_big_job
 
+        options = dict(options)
+        if not options.get("weights"):
+            options["weights"] = settings.weights_for(str(options.get("model", "")))
         try:
             job = build_job(layer, options)
         except (ValueError, KeyError) as exc:
             messages.error(self.iface, f"the job could not be built: {exc}")
             return None
+        left_out = job.pop("left_out", [])
+        if left_out:
+            messages.log("rasters left out of the imagery:\n" + "\n".join(left_out))
         if not job["places"]:
             messages.info(self.iface, "the selected features have no geometry; nothing to embed")
             return None
         if job["source"].get("kind") == "local" and not job["source"].get("paths"):
-            messages.error(self.iface, "no imagery chosen: add raster layers to the project or pick local files")
+            why = f" ({left_out[0]}{' …' if len(left_out) > 1 else ''})" if left_out else ""
+            messages.error(self.iface, "no usable imagery chosen: add Sentinel-2 raster layers to the project "
+                           f"or pick local files{why}", "\n".join(left_out))
             return None
+        if left_out:
+            messages.info(self.iface, f"{len(left_out)} raster(s) left out of the imagery: {left_out[0]}"
+                          f"{' …' if len(left_out) > 1 else ''} (details in the log)", duration=10)
         scale = float((cards or {}).get(job["model"], {}).get("scale_m", 10.0) or 10.0)
         if confirm and not confirm_big_job(self.iface.mainWindow(), estimate(layer, job, scale)):
             return None

@@ -328,8 +328,40 @@ class JobFailed(Exception):
 
 
 # -- other modes ----------------------------------------------------------------------------
+def hf_file(weights: str) -> tuple[str, str] | None:
+    """(repo, file) of a card's ``"hf:owner/repo (path/in/repo)"`` weights, else None."""
+    text = str(weights or "").strip()
+    if not text.startswith("hf:") or "(" not in text:
+        return None
+    repo, _, rest = text[3:].partition("(")
+    return repo.strip(), rest.rstrip(") ").strip()
+
+
+def weights_state(card: dict[str, Any]) -> dict[str, Any]:
+    """``{"state": "ready" | "download" | "local" | "unavailable", "text", "file"}`` for a card."""
+    if card.get("error"):
+        return {"state": "unavailable", "text": card["error"]}
+    if card.get("precomputed"):
+        return {"state": "ready", "text": "ready (precomputed product: no weights)"}
+    weights = str(card.get("weights") or "")
+    if weights.startswith("none"):
+        return {"state": "ready", "text": "ready (no weights needed)"}
+    hf = hf_file(weights)
+    if hf is None:
+        return {"state": "local", "text": f"needs a local weights file: {weights}"}
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(hf[0], hf[1])
+    except Exception:
+        cached = None
+    if isinstance(cached, str) and Path(cached).is_file():
+        return {"state": "ready", "text": "ready (weights downloaded)", "file": cached}
+    return {"state": "download", "text": f"needs download: {hf[0]}/{hf[1]}", "repo": hf[0], "file": hf[1]}
+
+
 def models() -> dict[str, Any]:
-    """Every model id with its card (what the dialog shows)."""
+    """Every canonical model id with its card and weights state (what the dialog shows)."""
     import eoembed
 
     cards = {}
@@ -338,7 +370,24 @@ def models() -> dict[str, Any]:
             cards[m] = eoembed.describe_model(m).to_dict()
         except Exception as exc:
             cards[m] = {"id": m, "error": _sentence(exc)}
+        cards[m]["weights_state"] = weights_state(cards[m])
     return {"models": cards}
+
+
+def download(model: str) -> dict[str, Any]:
+    """Fetch `model`'s checkpoint into the Hugging Face cache; returns the local file."""
+    import eoembed
+
+    card = eoembed.describe_model(model).to_dict()
+    hf = hf_file(card.get("weights", ""))
+    if hf is None:
+        raise ValueError(f"{model}'s weights ({card.get('weights')}) are not on Hugging Face; "
+                         "set a local file in Settings ▸ Options ▸ eoembed")
+    from huggingface_hub import hf_hub_download
+
+    emit("progress", done=0, total=1, text=f"downloading {hf[0]}/{hf[1]}")
+    path = hf_hub_download(hf[0], hf[1])
+    return {"model": model, "file": path}
 
 
 def probe() -> dict[str, Any]:
@@ -380,7 +429,9 @@ def main(argv: list[str]) -> int:
     modes = {"--models": lambda: models(), "--probe": lambda: probe()}
     if len(argv) == 4 and argv[1] == "--text":
         modes["--text"] = lambda: text_vector(argv[2], argv[3])
-    if len(argv) in (2, 4) and argv[1] in modes:
+    if len(argv) == 3 and argv[1] == "--download":
+        modes["--download"] = lambda: download(argv[2])
+    if len(argv) in (2, 3, 4) and argv[1] in modes:
         try:
             emit("result", **modes[argv[1]]())
             return 0

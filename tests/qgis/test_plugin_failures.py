@@ -112,7 +112,7 @@ def test_missing_engine_python_says_how_to_fix(plugin, qgis_iface, qgis_new_proj
     layer.selectAll()
     plugin.run()
     (msg,) = qgis_iface.messageBar().get_messages(Qgis.Critical)
-    assert "-m pip install eoembed" in msg and "Settings" in msg
+    assert "Set up the engine" in msg and "Settings ▸ Options ▸ eoembed" in msg
     ok, report = settings.diagnostics()
     assert not ok and "does not exist" in report
 

@@ -10,8 +10,8 @@ from qgis.core import (
 )
 
 from .. import analysis_io
-from ..styles import StylePostProcessor
 from ..icons import icon
+from ..styles import StylePostProcessor
 
 
 class PcaViewAlgorithm(QgsProcessingAlgorithm):
