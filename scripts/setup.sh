@@ -55,6 +55,19 @@ if [ "$want_qgis" = 1 ]; then
     .venv-qgis/bin/python -m pip install -q $qwant
     echo "$qwant" > "$qstamp"
   fi
+  # A folder of the engine's dependency wheels (CPU PyTorch), so the test of *Set up the engine*
+  # installs offline, as a user without internet would with the plugin's "Offline wheels".
+  wstamp=".venv-qgis/wheelhouse/.complete"
+  if [ "$(cat "$wstamp" 2>/dev/null)" != "$want" ]; then
+    echo "setup: collecting the engine's dependency wheels into .venv-qgis/wheelhouse" >&2
+    if "$py" -m pip download -q -d .venv-qgis/wheelhouse --only-binary=:all: -c scripts/constraints.txt \
+        "torch==2.13.0+cpu" . >/dev/null 2>&1; then
+      rm -f .venv-qgis/wheelhouse/eoembed-*
+      echo "$want" > "$wstamp"
+    else
+      echo "setup: could not collect the wheels (no CPU PyTorch wheel here); the ZIP set-up test will skip" >&2
+    fi
+  fi
   if .venv-qgis/bin/python -c 'import eoembed' 2>/dev/null; then
     echo "setup: eoembed is importable in the system Python; the plugin tests need it absent" >&2
     exit 1

@@ -13,9 +13,8 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from osgeo import gdal, ogr, osr
 from qgis.core import (
     QgsCoordinateReferenceSystem,
@@ -27,7 +26,8 @@ from qgis.core import (
     QgsRasterLayer,
 )
 
-from . import grid_math
+if TYPE_CHECKING:
+    import numpy as np
 
 gdal.UseExceptions()
 
@@ -68,6 +68,7 @@ def raster_path(layer: QgsMapLayer) -> str:
 
 def read_grid(path: str) -> Grid:
     """The embedding grid in a GeoTIFF (float32 ``(D, H, W)``, nodata as NaN)."""
+    import numpy as np
     try:
         ds = gdal.Open(str(path))
     except RuntimeError as exc:
@@ -122,6 +123,7 @@ def _write(path: str | Path, data: np.ndarray, like: Grid, dtype: int, nodata: f
 
 def write_map(values: np.ndarray, like: Grid, path: str | Path, band: str, analysis: dict[str, Any]) -> str:
     """A one-band float32 analysis raster (NaN = no data) on `like`'s cells."""
+    import numpy as np
     meta = {**like.meta, "analysis": analysis}
     return _write(path, values[None].astype(np.float32), like, gdal.GDT_Float32, float("nan"), [band], meta)
 
@@ -153,6 +155,7 @@ def _to_grid(geom: QgsGeometry, crs: str | None, grid: Grid) -> QgsGeometry:
 
 def reference_at(grid: Grid, x: float, y: float, crs: str | None = None) -> np.ndarray:
     """The vector of the cell containing (x, y) (in `crs`); AnalysisError outside or without data."""
+    import numpy as np
     p = _to_grid(QgsGeometry.fromPointXY(QgsPointXY(x, y)), crs, grid).asPoint()
     x0, dx, _, y0, _, dy = grid.geotransform
     col, row = int(np.floor((p.x() - x0) / dx)), int(np.floor((p.y() - y0) / dy))
@@ -186,6 +189,7 @@ def geometry_mask(grid: Grid, geom: QgsGeometry, all_touched: bool = False) -> n
 
 def reference_in(grid: Grid, wkt: str, crs: str | None = None) -> np.ndarray:
     """Mean vector of the cells whose centres lie inside the geometry (every touched cell if none)."""
+    from . import grid_math
     geom = _to_grid(QgsGeometry.fromWkt(wkt), crs, grid)
     if geom.isEmpty():
         raise AnalysisError("the reference geometry is empty; give a point or polygon inside the grid")
@@ -204,6 +208,7 @@ def reference_in(grid: Grid, wkt: str, crs: str | None = None) -> np.ndarray:
 
 def similarity_to_point(grid_path: str, x: float, y: float, crs: str | None, out_path: str | Path) -> str:
     """Cosine similarity of every cell to the cell at (x, y) (in `crs`), written to `out_path`."""
+    from . import grid_math
     grid = read_grid(grid_path)
     ref = reference_at(grid, x, y, crs)
     sim = grid_math.cosine_similarity(grid.values, ref)
@@ -212,6 +217,7 @@ def similarity_to_point(grid_path: str, x: float, y: float, crs: str | None, out
 
 def similarity_to_geometry(grid_path: str, wkt: str, crs: str | None, out_path: str | Path) -> str:
     """Cosine similarity of every cell to the mean vector of the cells inside a geometry."""
+    from . import grid_math
     grid = read_grid(grid_path)
     sim = grid_math.cosine_similarity(grid.values, reference_in(grid, wkt, crs))
     return write_map(sim, grid, out_path, "similarity", {"kind": "cosine_similarity"})
@@ -219,6 +225,7 @@ def similarity_to_geometry(grid_path: str, wkt: str, crs: str | None, out_path: 
 
 def clusters(grid_path: str, k: int, seed: int, out_path: str | Path) -> str:
     """k-means classes of the grid's cells, written to `out_path`."""
+    from . import grid_math
     grid = read_grid(grid_path)
     try:
         labels = grid_math.kmeans(grid.values, int(k), seed=int(seed))
@@ -229,6 +236,7 @@ def clusters(grid_path: str, k: int, seed: int, out_path: str | Path) -> str:
 
 def pca_view(grid_path: str, out_path: str | Path) -> str:
     """A 3-band PCA colour view of the grid, written to `out_path`."""
+    from . import grid_math
     grid = read_grid(grid_path)
     try:
         rgb = grid_math.pca_rgb(grid.values)
@@ -242,7 +250,9 @@ def text_similarity(grid_path: str, text: str, out_path: str | Path, model: str 
 
     The text is embedded by the engine's worker process; the similarity is computed here.
     """
-    from . import settings
+    import numpy as np
+
+    from . import grid_math, settings
     from .runner import RunnerError, run_worker_command
 
     grid = read_grid(grid_path)

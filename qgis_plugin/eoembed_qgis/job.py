@@ -147,6 +147,7 @@ def build_job(layer: QgsVectorLayer, options: dict[str, Any], places: list[dict[
     left_out: list[str] = []
     source = source_dict(options, left_out)
     return {
+        "layer_id": layer.id(),
         "left_out": left_out,
         "model": model,
         "model_config": dict(options.get("model_config") or {}),

@@ -98,8 +98,7 @@ def refresh_in_background(python: str, env: dict[str, str] | None = None,
         if on_done is not None:
             on_done(state.get("models"), state.get("error") or (str(exception) if exception else ""))
 
-    task = QgsTask.fromFunction("eoembed: reading the model list", work, on_finished=finished,
-                                flags=QgsTask.Silent)
+    task = QgsTask.fromFunction("eoembed: reading the model list", work, on_finished=finished)
     task._python = python
     _TASKS.append(task)
     QgsApplication.taskManager().addTask(task)

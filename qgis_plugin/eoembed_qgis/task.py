@@ -97,7 +97,10 @@ class EmbedTask(QgsTask):
         from .layers import add_results
 
         res = self.result or {}
-        self.layers = add_results(res, self.job)
+        from qgis.core import QgsProject
+
+        source = QgsProject.instance().mapLayer(self.job.get("layer_id", "")) if self.job.get("layer_id") else None
+        self.layers = add_results(res, self.job, source=source)
         failed = res.get("failed") or []
         kept = [p for p in (res.get("pooled"), res.get("geoparquet")) if p]
         kept += [g["path"] for g in res.get("grids", [])]

@@ -253,6 +253,68 @@ def _write_pca(path: Path, rgb: Any, emb: Any) -> None:
             dst.set_band_description(i, name)
 
 
+def check_weights(job: dict[str, Any]) -> None:
+    """Fail at once, naming the file to fetch, when the model's weights are neither here nor reachable.
+
+    Done once per job, before any imagery is read, so an offline job fails in seconds instead
+    of retrying every feature.
+    """
+    import eoembed
+
+    weights = job.get("weights")
+    if weights:
+        if not Path(weights).exists():
+            raise ValueError(f"the local weights {weights} for {job['model']} do not exist; fix the path in "
+                             "Settings ▸ Options ▸ eoembed ▸ Local weights")
+        return
+    state = weights_state(eoembed.describe_model(job["model"]).to_dict())
+    if state["state"] != "download" or hub_reachable():
+        return
+    url = f"https://huggingface.co/{state['repo']}/resolve/main/{state['file']}"
+    raise ValueError(f"the weights of {job['model']} are not on this computer and Hugging Face cannot be reached "
+                     f"(offline): download {url} and set the file in Settings ▸ Options ▸ eoembed ▸ Local weights")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """False when the Hugging Face hub is off limits (HF_HUB_OFFLINE) or does not answer in `timeout` s."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def mask_outside_imagery(emb: Any, paths: list[str]) -> None:
+    """Set to NaN (nodata) the cells of a grid whose centre lies outside every imagery file."""
+    import numpy as np
+    import rasterio
+    import shapely
+    from rasterio.features import geometry_mask
+    from rasterio.warp import transform_geom
+
+    shapes = []
+    for p in paths:
+        files = [p] if Path(p).is_file() else [str(f) for f in Path(p).rglob("*") if f.suffix.lower() in (".tif", ".tiff", ".vrt")]
+        for f in files:
+            try:
+                with rasterio.open(f) as src:
+                    box = shapely.geometry.mapping(shapely.box(*src.bounds))
+                    shapes.append(shapely.geometry.shape(transform_geom(src.crs, emb.crs, box, densify_pts=21)))
+            except Exception:  # an unreadable file covers nothing
+                continue
+    values = emb.data.values
+    if not shapes:
+        return
+    outside = geometry_mask([shapely.union_all(shapes)], out_shape=values.shape[1:], transform=emb.transform)
+    values[:, outside] = np.nan
+
+
 def _extent_place(places: list[Any], job: dict[str, Any]) -> Any:
     """One place covering every footprint of the selection (for output 'grid_extent')."""
     import eoembed
@@ -294,6 +356,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     places, failed = _places(job)
     total = len(job["places"])
     emit("progress", done=len(failed), total=total, text="indexing imagery")
+    check_weights(job)
     provider = _provider(job)
     mode = job.get("output", "pooled")
     if mode not in ("pooled", "grid", "grid_extent"):
@@ -301,6 +364,9 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     if mode == "grid_extent" and places:
         extent = _extent_place(places, job)
         pairs = _embed_chunks(job, [extent], provider, True, failed, total, total - 1)
+        if (job.get("source") or {}).get("kind", "local") == "local":
+            for _, emb in pairs:
+                mask_outside_imagery(emb, (job.get("source") or {}).get("paths") or [])
     else:
         pairs = _embed_chunks(job, places, provider, mode != "pooled", failed, total, len(failed))
     if not pairs:
