@@ -85,6 +85,8 @@ def describe_card(card: dict[str, Any]) -> str:
     if "error" in card:
         return f"{card['id']}: {card['error']}"
     aka = f" · also called {', '.join(card['aliases'])}" if card.get("aliases") else ""
+    if "bands" not in card:  # the built-in entry, before the engine has answered
+        return f"{card.get('summary', card.get('id', ''))}\n(the full card appears once the engine has answered)"
     return (f"{card.get('summary', '')}{aka}\n"
             f"bands: {', '.join(card.get('bands', []))} at {card.get('scale_m', '?'):g} m · "
             f"dims: {card.get('dim')} · outputs: {', '.join(card.get('outputs', []))} · "

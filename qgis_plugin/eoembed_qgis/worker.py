@@ -304,8 +304,10 @@ def mask_outside_imagery(emb: Any, paths: list[str]) -> None:
         for f in files:
             try:
                 with rasterio.open(f) as src:
-                    box = shapely.geometry.mapping(shapely.box(*src.bounds))
-                    shapes.append(shapely.geometry.shape(transform_geom(src.crs, emb.crs, box, densify_pts=21)))
+                    b = src.bounds
+                    box = shapely.segmentize(shapely.box(*b), max(b.right - b.left, b.top - b.bottom) / 20)
+                    shapes.append(shapely.geometry.shape(
+                        transform_geom(src.crs, emb.crs, shapely.geometry.mapping(box))))
             except Exception:  # an unreadable file covers nothing
                 continue
     values = emb.data.values

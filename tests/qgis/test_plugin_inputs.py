@@ -158,6 +158,7 @@ def test_nothing_starts_the_engine_on_enable_or_when_the_dialog_opens(qgis_iface
     monkeypatch.setattr(runner.subprocess, "Popen", spy)
     monkeypatch.setattr(model_cache, "refresh_in_background", lambda *a, **kw: started.append(["background"]))
     monkeypatch.setattr(dialog.EmbedDialog, "exec", lambda self: QDialog.Rejected)
+    model_cache.cache_path().unlink(missing_ok=True)  # a first start: nothing cached yet
     p = EoembedPlugin(qgis_iface)
     p.initGui()
     layer = memory_layer("Point", "EPSG:4326", ["POINT(10 50)"])
