@@ -27,6 +27,10 @@ if [ "$want_qgis" = 1 ] && ! "$py" -c 'import qgis.core' 2>/dev/null; then
   echo "setup: installing QGIS from Debian (a few minutes, once)" >&2
   apt_install python3-qgis qgis-common xvfb xauth
 fi
+if [ "$want_qgis" = 1 ] && ! command -v qgis_process >/dev/null; then
+  echo "setup: installing the QGIS desktop (qgis, qgis_process) from Debian" >&2
+  apt_install qgis
+fi
 
 if [ ! -x .venv/bin/python ]; then
   "$py" -m venv --system-site-packages .venv

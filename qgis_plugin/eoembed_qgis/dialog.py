@@ -37,7 +37,8 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from . import imagery, model_cache, settings
+from . import imagery, messages, model_cache, settings
+from .icons import icon
 
 KEY = "eoembed/dialog/"
 #: above these, the dialog asks before starting
@@ -95,6 +96,43 @@ def describe_card(card: dict[str, Any]) -> str:
             f"{(card.get('weights_state') or {}).get('text', '')}")
 
 
+_DOWNLOADS: list[Any] = []
+
+
+def start_download(model: str, on_done: Any = None) -> Any:
+    """A QgsTask that downloads `model`'s weights through the worker, then refreshes the model list."""
+    from qgis.core import QgsApplication, QgsTask
+
+    from .runner import RunnerError, run_worker_command
+
+    python, env = settings.engine_python(), settings.worker_extra_env()
+    state: dict[str, Any] = {}
+
+    def work(task: Any) -> bool:
+        try:
+            state["file"] = run_worker_command(["--download", model], python, timeout=6 * 3600, env=env)["file"]
+            state["models"] = model_cache.refresh(python, env)
+        except RunnerError as exc:
+            state["error"] = str(exc)
+        return True
+
+    def finished(exception: Exception | None, result: Any = None) -> None:
+        if task in _DOWNLOADS:
+            _DOWNLOADS.remove(task)
+        err = state.get("error") or (str(exception) if exception else "")
+        if err:
+            messages.error(None, f"the weights of {model} could not be downloaded: {err}")
+        else:
+            messages.log(f"downloaded the weights of {model}: {state.get('file')}")
+        if on_done is not None:
+            on_done(state.get("models"), err)
+
+    task = QgsTask.fromFunction(f"eoembed: downloading the weights of {model}", work, on_finished=finished)
+    _DOWNLOADS.append(task)
+    QgsApplication.taskManager().addTask(task)
+    return task
+
+
 def load_memory() -> dict[str, Any]:
     """The last choices (defaults where nothing was saved)."""
     s = QgsSettings()
@@ -141,7 +179,13 @@ class EmbedDialog(QDialog):
         self.model_info.setWordWrap(True)
         self.model_info.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.model_combo.currentIndexChanged.connect(lambda _i: self._show_card(self.model_id()))
-        form.addRow("Model", self.model_combo)
+        self.download_button = QPushButton(icon("download"), "Download weights")
+        self.download_button.setToolTip("Fetch the chosen model's weights in the background")
+        self.download_button.clicked.connect(lambda: self.download_weights())
+        mrow = QHBoxLayout()
+        mrow.addWidget(self.model_combo, 1)
+        mrow.addWidget(self.download_button)
+        form.addRow("Model", mrow)
         form.addRow("", self.model_info)
 
         self.time_all = QRadioButton("All dates")
@@ -279,9 +323,15 @@ class EmbedDialog(QDialog):
                 item.setFlags(item.flags() & ~Qt.ItemIsUserCheckable & ~Qt.ItemIsEnabled)
             self.raster_list.addItem(item)
 
+    def download_weights(self) -> Any:
+        """Fetch the chosen model's checkpoint in a background task (the engine's worker does it)."""
+        return start_download(self.model_id(), on_done=lambda models, err: self.update_cards(models, err))
+
     def _show_card(self, model: str) -> None:
         card = self.cards.get(model)
         self.model_info.setText(describe_card(card) if card else "(the engine did not describe this model)")
+        state = ((card or {}).get("weights_state") or {}).get("state")
+        self.download_button.setEnabled(state == "download")
 
     def _browse_local(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Imagery folder", self.local_edit.text())
