@@ -28,6 +28,7 @@ from qgis.PyQt.QtWidgets import QAction, QInputDialog
 
 from . import analysis_io, messages
 from .analysis_io import AnalysisError
+from .icons import icon
 from .layers import result_group
 from .styles import style_clusters, style_similarity
 
@@ -163,15 +164,15 @@ class AnalysisActions:
         self.iface, self.toolbar, self.menu = iface, toolbar, menu
         parent = iface.mainWindow()
         self.tool = SimilarityMapTool(iface)
-        self.point_action = QAction("Similarity from a clicked point", parent)
+        self.point_action = QAction(icon("similarity_point"), "Similarity from a clicked point", parent)
         self.point_action.setObjectName("eoembedSimilarityPoint")
         self.point_action.setCheckable(True)
         self.point_action.triggered.connect(self.activate_tool)
         self.tool.setAction(self.point_action)
-        self.features_action = QAction("Similarity to the selected features", parent)
+        self.features_action = QAction(icon("similarity_features"), "Similarity to the selected features", parent)
         self.features_action.setObjectName("eoembedSimilarityFeatures")
         self.features_action.triggered.connect(self.from_selection)
-        self.text_action = QAction("Find by text (CLIP models)…", parent)
+        self.text_action = QAction(icon("text"), "Find by text (CLIP models)…", parent)
         self.text_action.setObjectName("eoembedTextQuery")
         self.text_action.triggered.connect(self.ask_text)
         self.actions = [self.point_action, self.features_action, self.text_action]

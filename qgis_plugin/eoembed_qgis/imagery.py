@@ -50,6 +50,8 @@ def classify(path: str | Path) -> Verdict:
     names = [b.GetDescription().strip() or (b.GetMetadataItem("BANDNAME") or "").strip() for b in bands]
     if names and all(OUTPUT_BANDS.match(n) for n in names):
         return Verdict(False, f"{name}: an eoembed output (bands {', '.join(names[:3])}…), not imagery")
+    if count == 3 and bands[0].DataType == gdal.GDT_Byte and not all(S2_BAND.match(n or "") for n in names):
+        return Verdict(False, f"{name}: an 8-bit RGB picture (a quicklook?), not reflectance")
     if not all(names):
         side = _sidecar_bands(Path(path))
         if side and len(side) == count:
@@ -62,8 +64,6 @@ def classify(path: str | Path) -> Verdict:
     band_in_name = Path(path).stem.rsplit("_", 1)[-1]
     if count == 1 and S2_BAND.match(band_in_name):
         return Verdict(True, f"{name}: one band, {band_in_name.upper()} (from the file name)")
-    if count == 3 and bands[0].DataType == gdal.GDT_Byte:
-        return Verdict(False, f"{name}: an 8-bit RGB picture (a quicklook?), not reflectance")
     if count == 3:
         return Verdict(False, f"{name}: 3 unnamed bands; used as Sentinel-2 true colour (B04, B03, B02) "
                               "only if you confirm it", needs_confirmation=True)

@@ -97,6 +97,7 @@ def test_pooled_layer_keeps_the_features_attributes(plugin, project_rasters, tmp
     src = {str(f.id()): f["name"] for f in layer.getFeatures()}
     assert {k: f["name"] for k, f in feats.items()} == src
     assert "e0" in out.fields().names()
+    assert layer.selectedFeatureCount() == 2  # the user's selection is left as it was
 
 
 def test_extent_grid_has_nodata_outside_the_imagery(plugin, project_rasters, tmp_path):
