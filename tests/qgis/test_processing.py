@@ -122,9 +122,20 @@ def test_provider_registers_four_documented_algorithms(processing) -> None:
     provider = QgsApplication.processingRegistry().providerById("eoembed")
     assert provider is not None and provider.name() == "eoembed"
     ids = sorted(a.id() for a in provider.algorithms())
-    assert ids == ["eoembed:clusterembeddings", "eoembed:embedarea", "eoembed:embedfeatures", "eoembed:similaritymap"]
+    assert ids == ["eoembed:clusterembeddings", "eoembed:embedarea", "eoembed:embedfeatures", "eoembed:pcaview",
+                   "eoembed:similaritymap"]
     for alg in provider.algorithms():
         assert len(alg.shortHelpString()) > 80, alg.id()
+        assert not alg.icon().isNull(), alg.id()
+    # reproducible parameters: the model is a string id, dates are dates, imagery is required
+    from qgis.core import QgsProcessingParameterDefinition
+
+    alg = provider.algorithm("embedfeatures")
+    assert alg.parameterDefinition("MODEL").type() == "string"
+    assert alg.parameterDefinition("MODEL").defaultValue() == "rcf"
+    assert alg.parameterDefinition("START").type() == "datetime"
+    assert not alg.parameterDefinition("IMAGERY").flags() & QgsProcessingParameterDefinition.FlagOptional
+    assert alg.parameterDefinition("DEVICE").options()[0] == "cpu"
     from eoembed_qgis.processing.engine_job import model_ids
 
     assert "rcf" in model_ids()
@@ -294,6 +305,20 @@ def test_cluster_embeddings_gives_k_repeatable_classes(processing, area_grid: Pa
     assert (d.argmin(axis=1) == lab).mean() > 0.99
     sizes = np.bincount(lab)
     assert list(sizes) == sorted(sizes, reverse=True)
+
+
+# -- PCA view -------------------------------------------------------------------------------
+def test_pca_view_colours_follow_the_first_principal_component(processing, area_grid: Path, tmp_path: Path) -> None:
+    values, transform, _ = read(area_grid)
+    processing.run("eoembed:pcaview", {"INPUT": str(area_grid), "OUTPUT": str(tmp_path / "pca.tif")})
+    rgb, t_out, crs = read(tmp_path / "pca.tif")
+    assert rgb.shape == (3, *values.shape[1:]) and tuple(t_out) == tuple(transform) and crs == "EPSG:32632"
+    assert rgb.min() >= 1 and rgb.max() <= 255  # every cell has data: no 0 (nodata)
+    x = values.reshape(values.shape[0], -1).T
+    x = x - x.mean(axis=0)
+    pc1 = x @ np.linalg.svd(x, full_matrices=False)[2][0]
+    r = np.corrcoef(pc1, rgb[0].reshape(-1))[0, 1]
+    assert abs(r) > 0.95  # red is PC1, stretched (clipped at 2 / 98 %)
 
 
 # -- graphical model --------------------------------------------------------------------------
