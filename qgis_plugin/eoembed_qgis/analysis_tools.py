@@ -24,10 +24,11 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.gui import QgsMapToolEmitPoint
-from qgis.PyQt.QtWidgets import QAction, QInputDialog
+from qgis.PyQt.QtWidgets import QInputDialog
 
 from . import analysis_io, messages
 from .analysis_io import AnalysisError
+from .compat import QAction
 from .icons import icon
 from .layers import result_group
 from .styles import style_clusters, style_similarity

@@ -177,7 +177,7 @@ class EmbedDialog(QDialog):
         self._fill_models(self.cards, mem["model"])
         self.model_info = QLabel()
         self.model_info.setWordWrap(True)
-        self.model_info.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.model_info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.model_combo.currentIndexChanged.connect(lambda _i: self._show_card(self.model_id()))
         self.download_button = QPushButton(icon("download"), "Download weights")
         self.download_button.setToolTip("Fetch the chosen model's weights in the background")
@@ -258,8 +258,8 @@ class EmbedDialog(QDialog):
         orow.addWidget(obrowse)
         form.addRow("Output folder", orow)
 
-        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
-        buttons.button(QDialogButtonBox.Ok).setText("Embed")
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Embed")
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         lay = QVBoxLayout(self)
@@ -308,19 +308,19 @@ class EmbedDialog(QDialog):
             if "eoembed output" in v.reason:
                 continue
             item = QListWidgetItem(lyr.name())
-            item.setData(Qt.UserRole, lyr.id())
+            item.setData(Qt.ItemDataRole.UserRole, lyr.id())
             item.setToolTip(v.reason)
             if v.usable:
-                item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-                item.setCheckState(Qt.Checked)
+                item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+                item.setCheckState(Qt.CheckState.Checked)
             elif v.needs_confirmation:
                 item.setText(f"{lyr.name()} — tick to use as Sentinel-2 true colour (B04, B03, B02)")
-                item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-                item.setCheckState(Qt.Unchecked)
+                item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+                item.setCheckState(Qt.CheckState.Unchecked)
                 self.rgb_layers.add(lyr.id())
             else:
                 item.setText(f"{lyr.name()} — not used: {v.reason.split(': ', 1)[-1]}")
-                item.setFlags(item.flags() & ~Qt.ItemIsUserCheckable & ~Qt.ItemIsEnabled)
+                item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsUserCheckable & ~Qt.ItemFlag.ItemIsEnabled)
             self.raster_list.addItem(item)
 
     def download_weights(self) -> Any:
@@ -367,8 +367,8 @@ class EmbedDialog(QDialog):
     def options(self) -> dict[str, Any]:
         """The choices as a plain dict (what build_job and the memory use)."""
         mode = "year" if self.time_year.isChecked() else "range" if self.time_range.isChecked() else "all"
-        rasters = [self.raster_list.item(i).data(Qt.UserRole) for i in range(self.raster_list.count())
-                   if self.raster_list.item(i).checkState() == Qt.Checked]
+        rasters = [self.raster_list.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.raster_list.count())
+                   if self.raster_list.item(i).checkState() == Qt.CheckState.Checked]
         return {
             "model": self.model_id(),
             "confirmed_rgb": [r for r in rasters if r in self.rgb_layers],
@@ -404,4 +404,4 @@ def confirm_big_job(parent: QWidget | None, est: dict[str, float]) -> bool:
         return True
     text = (f"This job embeds {int(est['items']):,} features and fetches about "
             f"{est['pixels'] / 1e6:,.1f} million pixels per band. Continue?")
-    return QMessageBox.question(parent, "eoembed — big job", text) == QMessageBox.Yes
+    return QMessageBox.question(parent, "eoembed — big job", text) == QMessageBox.StandardButton.Yes

@@ -40,7 +40,7 @@ class EngineSetupTask(QgsTask):
     def __init__(self, base: str, wheel: Path, target: Path | None = None, *, find_links: str | None = None,
                  cuda: bool = False, recreate: bool = False,
                  on_done: Callable[[EngineSetupTask], None] | None = None) -> None:
-        super().__init__("eoembed: setting up the engine", QgsTask.CanCancel)
+        super().__init__("eoembed: setting up the engine", QgsTask.Flag.CanCancel)
         self.base, self.wheel = base, wheel
         self.target = target or settings.managed_dir()
         self.find_links, self.cuda, self.recreate = find_links, cuda, recreate
@@ -121,11 +121,11 @@ class EngineSetupDialog(QDialog):
         self.log.setReadOnly(True)
         self.bar = QProgressBar()
         self.bar.setRange(0, 100)
-        buttons = QDialogButtonBox(QDialogButtonBox.Close)
-        self.setup_button = buttons.addButton("Set up", QDialogButtonBox.ActionRole)
-        self.repair_button = buttons.addButton("Repair", QDialogButtonBox.ActionRole)
-        self.update_button = buttons.addButton("Update", QDialogButtonBox.ActionRole)
-        self.cancel_button = buttons.addButton("Cancel set-up", QDialogButtonBox.ActionRole)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        self.setup_button = buttons.addButton("Set up", QDialogButtonBox.ButtonRole.ActionRole)
+        self.repair_button = buttons.addButton("Repair", QDialogButtonBox.ButtonRole.ActionRole)
+        self.update_button = buttons.addButton("Update", QDialogButtonBox.ButtonRole.ActionRole)
+        self.cancel_button = buttons.addButton("Cancel set-up", QDialogButtonBox.ButtonRole.ActionRole)
         self.cancel_button.setEnabled(False)
         self.setup_button.clicked.connect(lambda: self.start(recreate=False))
         self.repair_button.clicked.connect(lambda: self.start(recreate=True))

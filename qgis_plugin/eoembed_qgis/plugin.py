@@ -9,9 +9,10 @@ from typing import Any
 from qgis.core import QgsApplication, QgsMapLayer, QgsVectorLayer
 from qgis.PyQt.QtCore import QUrl
 from qgis.PyQt.QtGui import QDesktopServices
-from qgis.PyQt.QtWidgets import QAction, QDialog
+from qgis.PyQt.QtWidgets import QDialog
 
 from . import messages, settings
+from .compat import QAction
 from .icons import icon
 from .job import build_job, estimate, suitability
 from .task import EmbedTask
@@ -166,7 +167,7 @@ class EoembedPlugin:
         if not model_cache.is_cached(python):
             model_cache.refresh_in_background(python, settings.worker_extra_env(),
                                               on_done=lambda models, err: dlg.update_cards(models, err))
-        if dlg.exec() != QDialog.Accepted:
+        if dlg.exec() != QDialog.DialogCode.Accepted:
             return
         self.start_job(layer, dlg.options(), cards=cards)
 

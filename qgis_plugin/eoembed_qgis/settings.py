@@ -181,7 +181,7 @@ class SettingsDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("eoembed — Settings")
         self.page = SettingsWidget(self)
-        buttons = QDialogButtonBox(QDialogButtonBox.Save | QDialogButtonBox.Cancel)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         lay = QVBoxLayout(self)

@@ -29,7 +29,7 @@ class EmbedTask(QgsTask):
         on_done: Callable[[EmbedTask], None] | None = None,
     ) -> None:
         n = len(job.get("places", []))
-        super().__init__(f"eoembed: {job['model']} on {n} feature{'s' * (n != 1)}", QgsTask.CanCancel)
+        super().__init__(f"eoembed: {job['model']} on {n} feature{'s' * (n != 1)}", QgsTask.Flag.CanCancel)
         self.job = job
         self.iface = iface
         self.python = python

@@ -17,8 +17,8 @@ from qgis.core import (
     QgsProcessingUtils,
     QgsVectorLayer,
 )
-from qgis.PyQt.QtCore import QVariant
 
+from ..compat import DOUBLE, STRING
 from ..icons import icon
 from . import engine_job
 
@@ -104,9 +104,9 @@ class EmbedFeaturesAlgorithm(QgsProcessingAlgorithm):
         engine_job.remove_outputs(result)
         dim = len(next(iter(vectors.values())))
         extra = QgsFields()
-        extra.append(QgsField(ID_FIELD, QVariant.String))
+        extra.append(QgsField(ID_FIELD, STRING))
         for i in range(dim):
-            extra.append(QgsField(f"e{i}", QVariant.Double))
+            extra.append(QgsField(f"e{i}", DOUBLE))
         fields = QgsProcessingUtils.combineFields(source.fields(), extra)
         sink, dest = self.parameterAsSink(
             parameters, self.OUTPUT, context, fields, source.wkbType(), source.sourceCrs())
