@@ -14,6 +14,7 @@ from .embedders.registry import get_embedder
 from .embedders.registry import list_models as _list_models
 from .embedding import Embedding
 from .errors import CapabilityError, EoembedError, ProviderError, SpecError
+from .products import open_for, route_products
 from .providers import Provider, open_provider
 from .specs import FrameSpec, InputPrep, OutputSpec, SensorSpec, SpatialSpec, TemporalSpec
 
@@ -116,7 +117,7 @@ def get_embeddings_batch(
     emb, fetch_sensor, fetch_frames, window = _plan(
         model, temporal, sensor, output, frames, prep, device, weights, model_config
     )
-    provider = _provider(source, source_options)
+    provider = route_products(open_for(source, source_options, [emb]), [emb])
     requests = [provider.request(s, window, fetch_sensor, fetch_frames) for s in places]
     observations = provider.fetch_many(requests, workers=workers)
     for i, obs in enumerate(observations):

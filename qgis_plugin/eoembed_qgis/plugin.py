@@ -190,7 +190,10 @@ class EoembedPlugin:
         if not job["places"]:
             messages.info(self.iface, "the selected features have no geometry; nothing to embed")
             return None
-        if job["source"].get("kind") == "local" and not job["source"].get("paths"):
+        from . import model_cache
+
+        card = (cards or model_cache.cards(python or settings.engine_python())).get(job["model"], {})
+        if job["source"].get("kind") == "local" and not job["source"].get("paths") and not card.get("precomputed"):
             why = f" ({left_out[0]}{' …' if len(left_out) > 1 else ''})" if left_out else ""
             messages.error(self.iface, "no usable imagery chosen: add Sentinel-2 raster layers to the project "
                            f"or pick local files{why}", "\n".join(left_out))

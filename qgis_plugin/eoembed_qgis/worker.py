@@ -66,7 +66,15 @@ def _source(job: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     kind = src.pop("kind", "local")
     if kind not in ("local", "stac", "gee"):
         raise ValueError(f"imagery source kind {kind!r} must be local, stac or gee")
+    if kind == "local" and not src.get("paths") and _precomputed(job["model"]):
+        return "local", {}  # a precomputed product reads its own data: no imagery needed
     return kind, {k: v for k, v in src.items() if v not in (None, "")}
+
+
+def _precomputed(model: str) -> bool:
+    import eoembed
+
+    return bool(eoembed.describe_model(model).precomputed)
 
 
 def _specs(job: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, str]]]:

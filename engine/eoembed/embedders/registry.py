@@ -24,6 +24,19 @@ _MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "galileo-tiny": ("galileo", "GalileoEmbedder", {"size": "tiny"}),
     "galileo-base": ("galileo", "GalileoEmbedder", {"size": "base"}),
     "presto": ("presto", "PrestoEmbedder", {}),
+    "prithvi-eo-2.0-tiny-tl": ("prithvi", "PrithviEmbedder", {"variant": "tiny-tl"}),
+    "prithvi-eo-2.0-100m-tl": ("prithvi", "PrithviEmbedder", {"variant": "100m-tl"}),
+    "prithvi-eo-2.0-300m": ("prithvi", "PrithviEmbedder", {"variant": "300m"}),
+    "prithvi-eo-2.0-300m-tl": ("prithvi", "PrithviEmbedder", {"variant": "300m-tl"}),
+    "prithvi-eo-2.0-600m": ("prithvi", "PrithviEmbedder", {"variant": "600m"}),
+    "prithvi-eo-2.0-600m-tl": ("prithvi", "PrithviEmbedder", {"variant": "600m-tl"}),
+    "satmae": ("satmae", "SatMAEEmbedder", {}),
+    "satmaepp-rgb": ("satmaepp", "SatMAEPPEmbedder", {"variant": "rgb"}),
+    "satmaepp-s2": ("satmaepp", "SatMAEPPEmbedder", {"variant": "s2"}),
+    "scalemae": ("scalemae", "ScaleMAEEmbedder", {}),
+    "alphaearth": ("products", "AlphaEarthEmbedder", {}),
+    "tessera": ("products", "TesseraEmbedder", {}),
+    "copernicus-embed": ("products", "CopernicusEmbedEmbedder", {}),
 }
 
 #: alias → canonical id. Through an alias the target's fixed config is only a default, so
@@ -32,6 +45,10 @@ _ALIASES: dict[str, str] = {
     "remoteclip": "remoteclip-vit-b-32",
     "msclip": "llama3-ms-clip-base",
     "galileo": "galileo-nano",
+    "prithvi": "prithvi-eo-2.0-tiny-tl",
+    "satmaepp": "satmaepp-rgb",
+    "scale-mae": "scalemae",
+    "gse": "alphaearth",
 }
 
 # The one piece of global state: built embedders, keyed by (model, device, weights, config).
