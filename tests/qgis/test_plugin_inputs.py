@@ -180,10 +180,14 @@ def test_model_list_folds_aliases_and_shows_weights_state(qgis_new_project, clea
     assert "galileo" in cards["galileo-nano"]["aliases"]
     assert cards["rcf"]["weights_state"]["state"] == "ready"
     assert cards["remoteclip-vit-b-32"]["weights_state"]["state"] == "download"
+    products = [m for m, c in cards.items() if c.get("precomputed")]
+    assert "alphaearth" in products  # issue #14's products: ready, with no weights to fetch
+    assert all(cards[m]["weights_state"]["state"] == "ready" for m in products)
     layer = memory_layer("Point", "EPSG:4326", ["POINT(10 50)"])
     dlg = EmbedDialog(layer, cards=cards)
     texts = [dlg.model_combo.itemText(i) for i in range(dlg.model_combo.count())]
     assert "rcf — ready" in texts and "remoteclip-vit-b-32 — needs download" in texts
+    assert "alphaearth — ready" in texts
     assert len(texts) == len(cards)
     settings.put("weights_paths", f"remoteclip-vit-b-32 = {tmp_path}")
     dlg = EmbedDialog(layer, cards=cards)
