@@ -90,9 +90,9 @@ def wait() -> None:
             todo += list(node.children())
     pts = STATE["pts"]
     iface.setActiveLayer(pts)
-    pts.selectByIds([f.id() for f in pts.getFeatures()])
     iface.mapCanvas().refreshAllLayers()
     iface.layerTreeView().expandAll()
+    pts.selectAll()  # after refreshAllLayers, which reloads layers and clears their selection
     action = plugins["eoembed_qgis"].action
     print(f"embed action enabled: {action.isEnabled()} ({action.toolTip()}); {pts.selectedFeatureCount()} of {pts.featureCount()} selected, valid {pts.isValid()}", flush=True)
     QTimer.singleShot(3000, shoot)
