@@ -16,6 +16,7 @@ class EoembedOptionsPage(QgsOptionsPageWidget):
 
     def __init__(self, parent: Any = None) -> None:
         super().__init__(parent)
+        self.setObjectName("eoembed")  # iface.showOptionsDialog(currentPage="eoembed") opens it
         self.widget = SettingsWidget(self)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)

@@ -149,3 +149,17 @@ def test_toolbar_action_opens_dialog_and_starts_job_with_its_choices(plugin, qgi
     ((got_layer, options, kw),) = started
     assert got_layer is layer and options["output"] == "grid" and options["out_dir"] == str(tmp_path)
     assert "rcf" in kw["cards"]
+
+
+def test_settings_are_a_page_of_the_options_dialog(clean_settings, tmp_path):
+    from eoembed_qgis import settings
+    from eoembed_qgis.options_page import EoembedOptionsFactory
+
+    factory = EoembedOptionsFactory()
+    assert factory.title() == "eoembed" and not factory.icon().isNull()
+    page = factory.createWidget(None)
+    page.widget.python_edit.setText(str(tmp_path / "py"))
+    page.widget.weights_edit.setPlainText("galileo-nano = /data/nano.pt")
+    page.apply()
+    assert settings.get("engine_python") == str(tmp_path / "py") and settings.engine_python() == str(tmp_path / "py")
+    assert settings.weights_for("galileo-nano") == "/data/nano.pt" and settings.weights_for("rcf") is None
