@@ -67,7 +67,7 @@ def test_an_interrupted_job_resumes_instead_of_starting_over(plugin, project_ras
     again = plugin.start_job(layer, options, confirm=False)
     wait_for(again, 120)
     assert again.outcome == "done", again.error
-    assert 3 <= again.result["resumed"] < 12
+    assert again.result["resumed"] >= 3  # the chunks done before the cancel were not computed again
     out = next(lyr for lyr in again.layers)
     assert out.featureCount() == 12
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # resume folder gone

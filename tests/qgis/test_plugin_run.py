@@ -56,6 +56,8 @@ def test_pooled_run_adds_layer_with_ids_embedding_fields_and_layer_crs(plugin, p
 
     res = task.result
     assert res["failed"] == [] and res["dim"] == FEATURES
+    # the worker's step texts reached the task list's description
+    assert "indexing imagery" in task.steps and any(t.startswith("embedded ") for t in task.steps)
     assert Path(res["pooled"]).is_file() and Path(res["geoparquet"]).is_file()
     (out,) = task.layers
     assert isinstance(out, QgsVectorLayer) and out.isValid()
