@@ -194,3 +194,29 @@ def test_model_list_folds_aliases_and_shows_weights_state(qgis_new_project, clea
     texts = [dlg.model_combo.itemText(i) for i in range(dlg.model_combo.count())]
     assert "remoteclip-vit-b-32 — ready (local weights)" in texts
     assert settings.weights_for("RemoteCLIP-ViT-B-32") == str(tmp_path)
+
+
+def test_local_weights_set_per_model_run_offline(plugin, project_rasters, tmp_path, monkeypatch):
+    from conftest import SHARED, engine_run
+    from eoembed_qgis import settings
+
+    weights = (SHARED / "weights" / "galileo_nano").resolve()
+    if not weights.is_dir():
+        pytest.skip("../shared/weights is absent")
+    settings.put("weights_paths", f"galileo-nano = {weights}")
+    monkeypatch.setattr(settings, "worker_extra_env", lambda: {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    r = project_rasters[0]
+    p = _tile_point(r, 0.4, 0.5, r.crs().authid())
+    layer = memory_layer("Point", r.crs().authid(), [f"POINT({p.x()} {p.y()})"], names=["g"])
+    QgsProject.instance().addMapLayer(layer)
+    task = _run(plugin, layer, tmp_path, model="galileo-nano", model_config={})
+    (out,) = task.layers
+    (feat,) = list(out.getFeatures())
+    got = np.array([feat[f"e{i}"] for i in range(task.result["dim"])])
+    ref = engine_run("""
+        import eoembed
+        e = eoembed.get_embedding("galileo-nano", eoembed.PointBuffer(ARGS["x"], ARGS["y"], 160.0, crs=ARGS["crs"]),
+                                  source=ARGS["tile"], weights=ARGS["w"])
+        print(json.dumps(e.to_numpy().tolist()))
+    """, x=p.x(), y=p.y(), crs=r.crs().authid(), tile=r.source(), w=str(weights))
+    np.testing.assert_allclose(got, np.array(ref), rtol=1e-4, atol=1e-5)
