@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import memory_layer, read_raster, wait_for, write_tif
 from qgis.core import QgsProject, QgsRasterLayer
 from test_plugin_run import OPTIONS, _run, _tile_point
