@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from .embedding import Embedding
 from .errors import CapabilityError, EoembedError, ProviderError, SpecError
 from .products import open_for, route_products
 from .providers import Provider, open_provider
+from .providers.base import FetchRequest
 from .specs import FrameSpec, InputPrep, OutputSpec, SensorSpec, SpatialSpec, TemporalSpec
 
 #: The window used when none is given: every date (only sensible for local imagery).
@@ -118,7 +120,7 @@ def get_embeddings_batch(
         model, temporal, sensor, output, frames, prep, device, weights, model_config
     )
     provider = route_products(open_for(source, source_options, [emb]), [emb])
-    requests = [provider.request(s, window, fetch_sensor, fetch_frames) for s in places]
+    requests = _requests(provider, places, window, fetch_sensor, fetch_frames, workers)
     observations = provider.fetch_many(requests, workers=workers)
     for i, obs in enumerate(observations):
         if isinstance(obs, Exception):
@@ -129,6 +131,30 @@ def get_embeddings_batch(
     for r in results:
         r.meta.setdefault("window", window.key())
     return results
+
+
+def _requests(provider: Provider, places: Sequence[SpatialSpec], window: TemporalSpec, sensor: SensorSpec,
+              frames: FrameSpec | None, workers: int) -> list[FetchRequest]:
+    """One request per place, built concurrently (a provider may search its catalogue to place
+    the grid); the first failure is raised with the place's index."""
+
+    def one(spatial: SpatialSpec) -> FetchRequest | Exception:
+        try:
+            return provider.request(spatial, window, sensor, frames)
+        except Exception as exc:  # raised below, in place order
+            return exc
+
+    if workers > 1 and len(places) > 1:
+        with ThreadPoolExecutor(max_workers=min(workers, len(places)), thread_name_prefix="eoembed-grid") as pool:
+            made = list(pool.map(one, places))
+    else:
+        made = [one(s) for s in places]
+    for i, req in enumerate(made):
+        if isinstance(req, Exception):
+            if isinstance(req, EoembedError) and len(places) > 1:
+                raise type(req)(f"place #{i}: {req}") from req
+            raise req
+    return made  # type: ignore[return-value]
 
 
 def embed_text(

@@ -3,9 +3,12 @@
 What the index understands (documented for users in the README):
 
 * **Multi-band stacks** — band names from the band descriptions, a per-band ``BANDNAME`` tag,
-  a sidecar ``<file>.json`` with ``"bands": [...]``, or else the band count
-  (13: B01–B12 with B10; 12: without B10; 10: B02–B12 without B01/B09/B10; 4: B02,B03,B04,B08;
-  3: B04,B03,B02).
+  a sidecar ``<file>.json`` with ``"bands": [...]`` (the first of these that names any band must
+  name every band, each a distinct Sentinel-2 band, or the file is skipped with that reason), or,
+  for a file that names no band, the band count (13: B01–B12 with B10; 12: without B10;
+  10: B02–B12 without B01/B09/B10; 4: B02,B03,B04,B08; 3: B04,B03,B02).
+* **Skipped files** — every file that cannot be used (unreadable, no CRS, bands that do not add
+  up) is kept in :attr:`LocalProvider.skipped` with its reason, and errors name them.
 * **One file per band** — files named ``<scene>_<band>.tif`` (``_B02``, ``_B8A``, ``_SCL`` …) in
   the same folder form one scene, each band at its own resolution (e.g. BigEarthNet patches).
 * **Acquisition dates** — first found of: the ``datetime`` / ``ACQUISITION_DATE`` /
@@ -41,11 +44,12 @@ from rasterio.errors import RasterioIOError
 from rasterio.warp import transform_bounds
 
 from ..errors import ProviderError, SpecError
-from ..grid import GridSpec, roi_grid, roi_mask
+from ..grid import GridSpec, roi_mask
 from ..sensors import S2_BANDS, S2_STACK_LAYOUTS, SCL_INVALID, normalize_band
-from ..specs import SensorSpec, SpatialSpec, crs_string, parse_crs
+from ..specs import SensorSpec, SpatialSpec, TemporalSpec, crs_string, parse_crs
+from ..working_grid import Lattice
 from .base import FetchRequest, Observation, Provider, make_observation
-from .composite import composite, frame_series
+from .composite import composite, frame_series, scene_date
 from .raster_io import read_to_grid
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
@@ -127,6 +131,24 @@ def _first(mapping: dict[str, Any], keys: Sequence[str]) -> Any:
     return None
 
 
+def _band_names_problem(names: Sequence[Any], count: int) -> str | None:
+    """Why `names` cannot name the `count` bands of a stack, or None when they do."""
+    if len(names) != count:
+        return f"{len(names)} names for {count} bands"
+    seen: dict[str, int] = {}
+    for k, name in enumerate(names, start=1):
+        if not name:
+            return f"band {k} has none"
+        try:
+            band = normalize_band(str(name))
+        except SpecError:
+            return f"band {k} is {str(name)!r}, not a Sentinel-2 band name"
+        if band in seen:
+            return f"bands {seen[band]} and {k} are both {band}"
+        seen[band] = k
+    return None
+
+
 def _boa_offset(meta: dict[str, Any]) -> float:
     if "BOA_ADD_OFFSET" in meta:
         try:
@@ -177,12 +199,20 @@ class LocalProvider(Provider):
         self.skipped: list[tuple[str, str]] = []
         self.scenes: list[Scene] = self._index()
         if not self.scenes:
-            why = f" (skipped: {self.skipped[0][0]}: {self.skipped[0][1]})" if self.skipped else ""
             raise SpecError(
-                f"no usable imagery found in {', '.join(map(str, self.paths))}{why}; "
-                "give GeoTIFF/COG/VRT files with a CRS"
+                f"no usable imagery found in {', '.join(map(str, self.paths))}{self.skipped_note()}; "
+                "give GeoTIFF/COG/VRT files with a CRS and Sentinel-2 bands"
             )
         self._local = threading.local()
+
+    def skipped_note(self, limit: int = 2) -> str:
+        """`` (N files skipped: a.tif: reason; …)`` for error messages, or ``""``."""
+        if not self.skipped:
+            return ""
+        shown = "; ".join(f"{Path(f).name}: {why}" for f, why in self.skipped[:limit])
+        more = f"; and {len(self.skipped) - limit} more" if len(self.skipped) > limit else ""
+        n = len(self.skipped)
+        return f" ({n} file{'s' if n > 1 else ''} skipped: {shown}{more})"
 
     # -- index ----------------------------------------------------------------------------
     def _files(self) -> list[Path]:
@@ -230,8 +260,8 @@ class LocalProvider(Provider):
                     "band_tags": [src.tags(i) for i in range(1, src.count + 1)],
                 }
                 return info, src.crs
-        except RasterioIOError as exc:
-            self.skipped.append((str(f), f"unreadable: {exc}"))
+        except (RasterioIOError, OSError) as exc:
+            self.skipped.append((str(f), f"unreadable ({_short(exc)})"))
             return None
 
     def _scene(self, sid: str, bands: dict[str, tuple[Path, int]], info: dict[str, Any], src_crs: Any,
@@ -261,18 +291,23 @@ class LocalProvider(Provider):
         return self._scene(f.stem, bands, info, src_crs, meta, f.name, info["res"])
 
     def _stack_band_names(self, f: Path, info: dict[str, Any], meta: dict[str, Any]) -> list[str] | None:
+        """Band names of a stack: the first source that names any band decides, and must name
+        every band with a Sentinel-2 band once; only a file that names none is read by its count."""
         count = info["count"]
-        candidates = [
-            list(info["descriptions"]),
-            [t.get("BANDNAME") or t.get("band_name") for t in info["band_tags"]],
-            list(meta.get("bands") or []),
-        ]
-        for names in candidates:
-            if len(names) == count and all(names):
-                try:
-                    return [normalize_band(n) for n in names]
-                except SpecError:
-                    continue
+        sources = (
+            ("band descriptions", list(info["descriptions"])),
+            ("BANDNAME tags", [t.get("BANDNAME") or t.get("band_name") for t in info["band_tags"]]),
+            ("sidecar bands", list(meta.get("bands") or [])),
+        )
+        for what, names in sources:
+            if not any(names):
+                continue
+            problem = _band_names_problem(names, count)
+            if problem:
+                self.skipped.append((str(f), f"its {what} do not add up ({problem}); fix them or name every band "
+                                             'in a sidecar JSON ("bands": [...])'))
+                return None
+            return [normalize_band(str(n)) for n in names]
         if count in S2_STACK_LAYOUTS:
             return list(S2_STACK_LAYOUTS[count])
         self.skipped.append((str(f), f"{count} bands without names; add band descriptions or a sidecar JSON"))
@@ -292,25 +327,18 @@ class LocalProvider(Provider):
         return self._scene(name, bands, info, src_crs, meta, name, info["res"])
 
     # -- grids ----------------------------------------------------------------------------
-    def grid_for(self, spatial: SpatialSpec, sensor: SensorSpec) -> GridSpec:
-        """The place's grid, put on the pixels of the imagery under it when possible.
+    def lattices(self, spatial: SpatialSpec, sensor: SensorSpec,
+                 temporal: TemporalSpec | None = None) -> list[Lattice]:
+        """The pixel lattice of every indexed scene (dated in `temporal` when given).
 
-        For a place in lon/lat the CRS of the scene under its centre is used; when that
-        scene's pixel size equals ``scale_m`` the grid shares its pixel lattice, so reads
-        need no resampling and grid outputs overlay the imagery exactly.
+        The grid rule (:mod:`eoembed.working_grid`) keeps those under the place's centre in a
+        ground CRS, so grids share the files' pixels and reads need no resampling.
         """
-        centre = spatial.shape("EPSG:4326").centroid
-        under = [s for s in self.scenes if s.footprint.contains(centre)]
-        if not under:
-            return roi_grid(spatial, sensor.scale_m)
-        under.sort(key=lambda s: (abs(s.res - sensor.scale_m), s.id))
-        scene = under[0]
-        crs = spatial.working_crs if spatial.crs_obj.is_projected else parse_crs(scene.crs)
-        if parse_crs(scene.crs) == crs and abs(scene.res - sensor.scale_m) < 1e-6:
-            anchor = (scene.bounds[0], scene.bounds[3])
-        else:
-            anchor = (0.0, 0.0)
-        return roi_grid(spatial, sensor.scale_m, crs=crs, anchor=anchor)
+        return [
+            Lattice(s.crs, s.res, (s.bounds[0], s.bounds[3]), s.footprint, s.id)
+            for s in self.scenes
+            if temporal is None or s.date is None or temporal.contains(s.date)
+        ]
 
     # -- fetch ----------------------------------------------------------------------------
     def _open(self, path: Path) -> rasterio.io.DatasetReader:
@@ -329,9 +357,11 @@ class LocalProvider(Provider):
         over = [s for s in self.scenes if s.footprint.intersects(place)]
         if not over:
             b = ", ".join(f"{v:.5f}" for v in place.bounds)
+            skipped = (f"; {len(self.skipped)} unusable file(s) were not indexed and may be the ones over it"
+                       f"{self.skipped_note()}" if self.skipped else "")
             raise ProviderError(
-                f"no local imagery covers the place (lon/lat bounds {b}); the {len(self.scenes)} indexed "
-                "scenes lie elsewhere — add imagery for it or choose a place inside them"
+                f"no local imagery covers the place (lon/lat bounds {b}): the {len(self.scenes)} indexed "
+                f"scene(s) lie elsewhere{skipped}; add imagery for it or choose a place inside them"
             )
         dated = [s for s in over if (s.date is None and self.undated == "include") or (s.date and temporal.contains(s.date))]
         if not dated:
@@ -350,7 +380,8 @@ class LocalProvider(Provider):
         if missing:
             raise ProviderError(
                 f"the local imagery has no band {', '.join(sorted(missing))} (it has "
-                f"{', '.join(sorted({b for s in usable for b in s.bands}))}); add those bands or choose a model that needs fewer"
+                f"{', '.join(sorted({b for s in usable for b in s.bands}))}){self.skipped_note()}; add those bands or "
+                "choose a model that needs fewer"
             )
         usable.sort(key=lambda s: (s.date or date.min, s.id))
         stack, valid, when = [], [], []
@@ -374,7 +405,7 @@ class LocalProvider(Provider):
             meta["boa_offset_removed"] = {s.id: s.boa_offset for s in usable if s.boa_offset}
         if request.frames is None:
             values, ok = composite(stack_a, valid_a, when, sensor.composite, sensor.fill_value)
-            values, ok, frame_dates = values[None], ok[None], [temporal.midpoint if len(usable) > 1 else when[0]]
+            values, ok, frame_dates = values[None], ok[None], [scene_date(when, valid_a) or temporal.midpoint]
         else:
             fr = frame_series(stack_a, valid_a, when, temporal, request.frames, sensor.composite, sensor.fill_value)
             values, ok, frame_dates = fr.values, fr.valid, fr.dates
@@ -407,8 +438,8 @@ class LocalProvider(Provider):
             try:
                 src = self._open(path)
                 vals, ok = read_to_grid(src, [i for _, i in pairs], grid, self.resampling, self.assume_nodata)
-            except RasterioIOError as exc:
-                raise ProviderError(f"could not read {path.name} ({exc}); check the file is intact") from exc
+            except (RasterioIOError, OSError) as exc:
+                raise ProviderError(f"could not read {path} ({_short(exc)}); check the file is intact") from None
             out[[j for j, _ in pairs]] = vals
             valid &= ok
         if not present.all():
@@ -430,3 +461,10 @@ class LocalProvider(Provider):
 
     def describe(self) -> dict[str, Any]:
         return {"provider": self.name, "scenes": len(self.scenes), "paths": [str(p) for p in self.paths]}
+
+
+def _short(exc: BaseException) -> str:
+    """The first line of an error, at most 160 characters."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= 160 else line[:157] + "..."

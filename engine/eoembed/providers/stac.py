@@ -13,16 +13,23 @@ What real catalogues do and how it is handled:
   listed in ``meta["boa_offset_removed"]``.
 * **10/20/60 m assets** — each asset is read at its own resolution and resampled onto the
   place's grid (bilinear for reflectance, nearest for the scene classification).
-* **Several UTM zones** — every asset is warped to the grid's CRS; items of one acquisition
+* **Grids** — a place's grid lies on the pixel lattice of the items under its centre
+  (``proj:code``/``proj:epsg`` with ``proj:transform`` or ``proj:bbox``+``proj:shape``, else the
+  header of one band COG per MGRS tile), by the rule every provider shares
+  (:mod:`eoembed.working_grid`); assets on that lattice are read without resampling. The search
+  made for the grid is the one the fetch uses.
+* **Several UTM zones** — assets in another CRS are warped to the grid's CRS; items of one acquisition
   (same datatake) are merged into one scene before compositing, so overlapping tiles are
   not counted twice by the median.
 * **Clouds** — the ``SCL`` band masks no-data, saturated, cloud-shadow, cloud and cirrus pixels.
-* **Transient failures** — searches, token requests and COG reads are retried with
-  exponential backoff and jitter (HTTP 408/429/5xx and connection errors), `retries` times at
-  most; GDAL's own HTTP retries and its cache of failed URLs are switched off for these reads,
-  so that one policy applies and a failure is never replayed from a cache.
-* **Secrets** — signed URLs and tokens never appear in errors or meta, and the loggers of
-  rasterio and pystac-client (which log dataset URLs) get a redacting filter.
+* **Transient failures** — searches, token requests and COG reads (open and read) are retried
+  with exponential backoff and jitter, `retries` times at most, when :mod:`.transient` finds
+  the cause transient (HTTP 408/429/5xx, timeouts, resets, replies cut short); GDAL's own HTTP
+  retries and its cache of failed URLs are switched off for these reads, so that one policy
+  applies and a failure is never replayed from a cache. A permanent failure is one sentence
+  naming the (redacted) URL and the HTTP status.
+* **Secrets** — signed URLs and tokens never appear in errors, meta or ``describe()``, and every
+  log record (rasterio, pystac-client, urllib3 … log dataset URLs) is redacted (see :mod:`.redact`).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import random
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,11 +57,14 @@ from rasterio.errors import RasterioIOError
 from ..errors import ProviderError, SpecError
 from ..grid import GridSpec, roi_mask
 from ..sensors import S2_BANDS, SCL_INVALID, normalize_band
-from ..specs import SensorSpec, TemporalSpec
+from ..specs import SensorSpec, SpatialSpec, TemporalSpec
+from ..working_grid import Lattice, place_lonlat
 from .base import FetchRequest, Observation, Provider, make_observation
-from .composite import composite, frame_series
+from .composite import composite, frame_series, scene_date
 from .raster_io import read_to_grid
 from .redact import install_log_redaction, redact
+from .stac_lattice import header_lattice, proj_lattices
+from .transient import RemoteFailure, classify, probe
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,15 +83,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sas_url": "https://planetarycomputer.microsoft.com/api/sas/v1",
     },
 }
-_TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
 # Earth Search asset keys that the generic band aliases do not cover.
 _EXTRA_KEYS = {"nir09": "B09", "wvp": None, "aot": None, "visual": None, "tci": None}
 _COG_TYPES = ("image/tiff", "image/vnd.stac.geotiff")
-_GDAL_TRANSIENT = re.compile(
-    r"HTTP response code: (408|429|5\d\d)|timed out|Timeout|Connection (refused|reset|closed)|"
-    r"Couldn't connect|Could not resolve|SSL|Recv failure|Send failure|transfer closed",
-    re.IGNORECASE,
-)
 
 
 @dataclass
@@ -96,6 +101,7 @@ class StacItem:
     acquisition: str
     footprint: shapely.Geometry | None = None
     properties: dict[str, Any] = field(default_factory=dict)
+    lattices: list[Lattice] = field(default_factory=list)  # from proj:*; empty: read a COG header
 
     @property
     def date(self) -> date:
@@ -156,6 +162,7 @@ def parse_item(item: dict[str, Any]) -> StacItem | None:
     if not when:
         return None
     hrefs: dict[str, str] = {}
+    keys: dict[str, str] = {}
     exact: set[str] = set()
     for key, asset in (item.get("assets") or {}).items():
         band = _asset_band(key, asset)
@@ -164,6 +171,7 @@ def parse_item(item: dict[str, Any]) -> StacItem | None:
         is_exact = key.upper() == band or key.lower() in ("scl",)
         if band not in hrefs or (is_exact and band not in exact):
             hrefs[band] = asset["href"]
+            keys[band] = key
             if is_exact:
                 exact.add(band)
     scl = hrefs.pop("SCL", None)
@@ -191,32 +199,12 @@ def parse_item(item: dict[str, Any]) -> StacItem | None:
         acquisition=str(acq),
         footprint=footprint,
         properties={k: props[k] for k in ("platform", "s2:processing_baseline", "s2:mgrs_tile", "proj:epsg") if k in props},
+        lattices=proj_lattices(item, [k for b, k in keys.items() if b != "SCL"], footprint, str(item.get("id"))),
     )
 
 
-def _status_of(exc: BaseException) -> int | None:
-    status = getattr(exc, "status_code", None)
-    if status is None:
-        resp = getattr(exc, "response", None)
-        status = getattr(resp, "status_code", None)
-    return int(status) if status is not None else None
-
-
 def _is_transient(exc: BaseException) -> bool:
-    import requests
-    from pystac_client.exceptions import APIError
-
-    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
-        return True
-    if isinstance(exc, RasterioIOError):
-        return bool(_GDAL_TRANSIENT.search(str(exc)))
-    if isinstance(exc, requests.HTTPError):
-        return _status_of(exc) in _TRANSIENT_STATUS
-    if isinstance(exc, APIError):
-        status = _status_of(exc)
-        # pystac-client wraps connection failures in an APIError without a status
-        return status is None or status in _TRANSIENT_STATUS
-    return False
+    return classify(exc).transient
 
 
 class StacProvider(Provider):
@@ -293,12 +281,15 @@ class StacProvider(Provider):
         self._lock = threading.RLock()
         self._client: Any = None
         self._token: tuple[str, float] | None = None  # (SAS token, expiry as time.time())
+        self._searched: OrderedDict[tuple, tuple[list[StacItem], int]] = OrderedDict()  # grid_for → fetch
+        self._headers: dict[str, Lattice | None] = {}  # COG href → its lattice
         install_log_redaction("rasterio", "pystac_client")
 
     # -- HTTP helpers -----------------------------------------------------------------------
     @property
     def host(self) -> str:
-        return urlparse(self.url).netloc or self.url
+        """The API's host (without any user:password part) for messages."""
+        return urlparse(self.url).netloc.rpartition("@")[2] or redact(self.url)
 
     def _retry(self, what: str, call: Callable[[], T], stats: dict[str, int] | None = None) -> T:
         """`call()` with bounded retries of transient failures (exponential backoff + jitter)."""
@@ -333,10 +324,39 @@ class StacProvider(Provider):
                 self._client = self._retry(f"opening {self.host}", lambda: Client.open(self.url, stac_io=io))
             except Exception as exc:
                 raise ProviderError(
-                    f"could not open the STAC API at {self.host} ({_describe_http_error(exc)}); check the URL "
+                    f"could not open the STAC API at {redact(self.url)} ({_describe_http_error(exc)}); check the URL "
                     "and your connection, or try again later"
                 ) from None
             return self._client
+
+    def connect(self) -> None:
+        """Open the API and check that it serves the collection: a batch calls this once, before
+        any place, so that a wrong URL or collection is one error instead of one per place."""
+        from pystac_client.conformance import ConformanceClasses
+
+        client = self._open_client()
+        if not client.conforms_to(ConformanceClasses.COLLECTIONS):
+            return  # an API without collection endpoints: the search will tell
+        try:
+            found = self._retry(f"looking up collection {self.collection}", lambda: client.get_collection(self.collection))
+        except Exception as exc:
+            f = classify(exc)
+            if f.transient:
+                raise ProviderError(
+                    f"could not look up collection {self.collection!r} at {self.host} ({f.reason()}) after "
+                    f"{self.retries + 1} attempts; try again later"
+                ) from None
+            found = None if f.status == 404 else True
+        if found is None:
+            try:
+                names = sorted(str(c.id) for c in client.get_collections())
+            except Exception:  # noqa: BLE001 - the list only helps the message
+                names = []
+            shown = f" (it has {', '.join(names[:8])}{' …' if len(names) > 8 else ''})" if names else ""
+            raise ProviderError(
+                f"the STAC API at {redact(self.url)} has no collection {self.collection!r}{shown}; "
+                "give collection= one it serves"
+            )
 
     def _sas_token(self) -> str:
         import requests
@@ -389,7 +409,7 @@ class StacProvider(Provider):
 
     # -- search -----------------------------------------------------------------------------
     def search(self, spatial: Any, temporal: TemporalSpec, sensor: SensorSpec,
-               stats: dict[str, int] | None = None) -> list[StacItem]:
+               stats: dict[str, int] | None = None, max_items: int | None = None) -> list[StacItem]:
         """Items of the collection over `spatial` in `temporal` with cloud cover ≤ ``cloudy_pct``."""
         client = self._open_client()
         place = spatial.shape("EPSG:4326")
@@ -399,7 +419,7 @@ class StacProvider(Provider):
             "collections": [self.collection],
             "intersects": shapely.geometry.mapping(place),
             "datetime": window,
-            "max_items": self.search_limit,
+            "max_items": max_items or self.search_limit,
             "limit": 100,
         }
         from pystac_client.conformance import ConformanceClasses
@@ -442,31 +462,116 @@ class StacProvider(Provider):
                     chosen[it.id] = it
         return sorted(chosen.values(), key=lambda i: (i.when, i.id))
 
+    # -- grid -------------------------------------------------------------------------------
+    def _items_for(self, spatial: SpatialSpec, temporal: TemporalSpec, sensor: SensorSpec,
+                   stats: dict[str, int] | None = None, keep: bool = False) -> list[StacItem]:
+        """The search for one place and window, done once for its grid and its fetch.
+
+        `keep`: leave the answer for the fetch that follows (grid_for); otherwise a kept answer
+        is used up, so that a later fetch of the same place searches afresh.
+        """
+        key = (spatial.key(), temporal.key(), sensor.cloudy_pct)
+        with self._lock:
+            hit = self._searched.get(key) if keep else self._searched.pop(key, None)
+        if hit is not None:
+            if stats is not None:
+                stats["http_retries"] = stats.get("http_retries", 0) + hit[1]
+            return hit[0]
+        own: dict[str, int] = {"http_retries": 0}
+        items = self.search(spatial, temporal, sensor, own)
+        if stats is not None:
+            stats["http_retries"] = stats.get("http_retries", 0) + own["http_retries"]
+        if keep:
+            with self._lock:
+                self._searched[key] = (items, own["http_retries"])
+                while len(self._searched) > 256:
+                    self._searched.popitem(last=False)
+        return items
+
+    def lattices(self, spatial: SpatialSpec, sensor: SensorSpec,
+                 temporal: TemporalSpec | None = None) -> list[Lattice]:
+        """Lattices of the items under the place's centre: their ``proj:*`` metadata, else the
+        header of one band COG per MGRS tile. Without a window, the 100 latest items count.
+
+        A failed search raises its ProviderError here: a grid never depends on a transient failure.
+        """
+        if temporal is None:
+            items = self.search(spatial, TemporalSpec(date(1970, 1, 1), date(2100, 1, 1)), sensor, max_items=100)
+        else:
+            items = self._items_for(spatial, temporal, sensor, keep=True)
+        centre = shapely.geometry.Point(*place_lonlat(spatial))
+        out: list[Lattice] = []
+        unknown: dict[str, StacItem] = {}
+        for it in items:
+            if it.footprint is not None and not it.footprint.intersects(centre):
+                continue
+            if it.lattices:
+                out += it.lattices
+            else:
+                unknown.setdefault(str(it.properties.get("s2:mgrs_tile") or it.id), it)
+        for it in unknown.values():
+            lat = self._header_lattice(it, sensor)
+            if lat is not None:
+                out.append(lat)
+        return out
+
+    def _header_lattice(self, item: StacItem, sensor: SensorSpec) -> Lattice | None:
+        """The lattice in the header of one of the item's band COGs (a 10 m band when it has one)."""
+        wanted = [b for b in ("B02", "B03", "B04", "B08") if b in item.hrefs and b in (sensor.bands or (b,))]
+        band = (wanted or [b for b in (sensor.bands or ()) if b in item.hrefs] or sorted(item.hrefs))[0]
+        href = item.hrefs[band]
+        with self._lock:
+            if href in self._headers:
+                return self._headers[href]
+
+        def read() -> Lattice | None:
+            with rasterio.Env(**self._gdal_env()), rasterio.open(self.sign(href)) as src:
+                return header_lattice(src, item.footprint, item.id)
+
+        try:
+            lat = self._retry(f"reading the header of band {band} of item {item.id}", read)
+        except RasterioIOError as exc:
+            tries = f" after {self.retries + 1} attempts" if _is_transient(exc) else ""
+            raise ProviderError(
+                f"could not read the header of band {band} of item {item.id} from "
+                f"{urlparse(href).netloc or 'its file'} ({redact(str(exc))}){tries}; the asset may be "
+                "unavailable, try again later"
+            ) from None
+        with self._lock:
+            self._headers[href] = lat
+        return lat
+
     # -- reading ----------------------------------------------------------------------------
     def read_asset(self, href: str, grid: GridSpec, resampling: Resampling, nodata: float | None,
                    stats: dict[str, int] | None = None, what: str = "asset") -> tuple[np.ndarray, np.ndarray]:
         """Band 1 of the COG at `href` on `grid` (only the window the grid needs): values, validity."""
 
         def read() -> tuple[np.ndarray, np.ndarray]:
-            with rasterio.Env(**self._gdal_env()), rasterio.open(self.sign(href)) as src:
-                vals, ok = read_to_grid(src, [1], grid, resampling, nodata)
-                return vals[0], ok
+            url = self.sign(href)
+            try:
+                with rasterio.Env(**self._gdal_env()), rasterio.open(url) as src:
+                    vals, ok = read_to_grid(src, [1], grid, resampling, nodata)
+                    return vals[0], ok
+            except RasterioIOError as exc:
+                if classify(exc).cause != "not-raster" or not url.startswith(("http://", "https://")):
+                    raise
+                raise RemoteFailure(probe(url, self.timeout)) from exc  # GDAL hid the cause
 
         try:
             try:
                 return self._retry(f"reading {what}", read, stats)
-            except RasterioIOError as exc:
-                if self.signing is None or "response code: 403" not in str(exc):
+            except (RasterioIOError, RemoteFailure) as exc:
+                if self.signing is None or classify(exc).status != 403:
                     raise
                 with self._lock:  # a refused signature: the token may have expired early
                     self._token = None
                 return self._retry(f"reading {what}", read, stats)
-        except RasterioIOError as exc:
-            tries = f" after {self.retries + 1} attempts" if _is_transient(exc) else ""
-            raise ProviderError(
-                f"could not read {what} from {urlparse(href).netloc or 'its file'} ({redact(str(exc))}){tries}; "
-                "the asset may be unavailable, try again later"
-            ) from None
+        except (RasterioIOError, RemoteFailure) as exc:
+            f = classify(exc, href)
+            tries = f" after {self.retries + 1} attempts" if f.transient else ""
+            advice = ("the server kept failing; try again later or raise retries=" if f.transient
+                      else "the asset is unavailable or not a GeoTIFF; check the catalogue or its access rights")
+            raise ProviderError(f"could not read {what} at {redact(href)} ({f.reason()}){tries}; {advice}") from None
 
     def _read_items(self, items: list[StacItem], bands: list[str], grid: GridSpec,
                     stats: dict[str, int]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -506,7 +611,7 @@ class StacProvider(Provider):
         sensor, grid, temporal = request.sensor, request.grid, request.temporal
         bands = list(sensor.bands or [b for b in S2_BANDS if b not in ("B10", "SCL")])
         stats: dict[str, int] = {"http_retries": 0}
-        found = self.search(request.spatial, temporal, sensor, stats)
+        found = self._items_for(request.spatial, temporal, sensor, stats)
         if not found:
             raise ProviderError(
                 f"no {self.collection} items at {self.host} intersect the place between {temporal.start} and "
@@ -526,7 +631,7 @@ class StacProvider(Provider):
         stack_a, valid_a, when, scene_ids = _merge_acquisitions(items, per_item)
         meta: dict[str, Any] = {
             "provider": self.name,
-            "url": self.url,
+            "url": redact(self.url),
             "collection": self.collection,
             "items": [it.id for it in items],
             "scenes": scene_ids,
@@ -543,7 +648,7 @@ class StacProvider(Provider):
         if request.frames is None:
             values, ok = composite(stack_a, valid_a, when, sensor.composite, sensor.fill_value)
             values, ok = values[None], ok[None]
-            frame_dates = [temporal.midpoint if len(when) > 1 else when[0]]
+            frame_dates = [scene_date(when, valid_a) or temporal.midpoint]
         else:
             fr = frame_series(stack_a, valid_a, when, temporal, request.frames, sensor.composite, sensor.fill_value)
             values, ok, frame_dates = fr.values, fr.valid, fr.dates
@@ -562,7 +667,7 @@ class StacProvider(Provider):
         return make_observation(values, ok, grid, bands, frame_dates, roi_mask(request.spatial, grid), meta)
 
     def describe(self) -> dict[str, Any]:
-        return {"provider": self.name, "url": self.url, "collection": self.collection, "signing": self.signing}
+        return {"provider": self.name, "url": redact(self.url), "collection": self.collection, "signing": self.signing}
 
 
 def _merge_acquisitions(
@@ -597,8 +702,5 @@ def _cloud(item: StacItem) -> float:
 
 
 def _describe_http_error(exc: BaseException) -> str:
-    status = _status_of(exc)
-    text = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-    if len(text) > 160:
-        text = text[:157] + "..."
-    return f"HTTP {status}: {text}" if status else text
+    f = classify(exc)
+    return f"{f.reason()}: {f.detail}" if f.status is not None or f.cause == "other" else f.reason()
