@@ -73,10 +73,37 @@ def test_the_tuner_keeps_the_faster_thread_count_and_probes_again() -> None:
         return used
 
     first = run(6)
-    assert first[0] == 1 and sorted(first[1:5]) == [1, 1, 2, 2]  # warm-up, then each tried twice
+    assert first[0] == 1 and sorted(first[1:3]) == [1, 2]  # warm-up, then each tried (2× apart: once)
     assert run(12).count(2) >= 9  # the faster kept, the other probed now and then
     speed[2] = 4.0  # another process now holds a core: two threads wait at every barrier
     assert run(12)[-4:].count(1) >= 3  # back to one thread after a probe or two
+
+
+def test_the_tuner_tries_close_candidates_twice_and_backs_off_losing_probes() -> None:
+    tuner = TorchThreadTuner([1, 2], probe_every=4, warmup=0, max_backoff=4)
+    speed = {1: 10.0, 2: 11.0}  # within 25 %: one slice each is not enough to decide
+    used = []
+    for _ in range(4):
+        k = tuner.pick()
+        used.append(k)
+        tuner.record(k, 8, 8 / speed[k])
+    assert sorted(used) == [1, 1, 2, 2]
+    speed[2] = 2.0  # two threads now 5× slower (a loaded machine): probes of 2 keep losing
+    used = []
+    for _ in range(80):
+        k = tuner.pick()
+        used.append(k)
+        tuner.record(k, 8, 8 / speed[k])
+    probes = [i for i, k in enumerate(used) if k == 2][2:]  # after the switch back to 1 thread
+    gaps = [b - a for a, b in zip(probes, probes[1:])]
+    assert gaps[:3] == [8, 16, 16]  # the wait doubles after each lost probe, up to 4 × 4
+    speed[2] = 40.0  # the machine is free again: the next probe wins and probing resumes often
+    used = []
+    for _ in range(40):
+        k = tuner.pick()
+        tuner.record(k, 8, 8 / speed[k])
+        used.append(k)
+    assert used[-8:].count(2) >= 7
 
 
 def test_a_run_uses_its_torch_threads_and_restores_them(tmp_path) -> None:

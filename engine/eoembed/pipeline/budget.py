@@ -107,30 +107,46 @@ def using_torch_threads(n: int) -> Iterator[None]:
 class TorchThreadTuner:
     """Chooses torch's thread count while a run goes, from the forward rate it measures.
 
-    Each candidate (e.g. C − 1 and C threads) is tried on the first slices in turn, then the
-    faster (median of its last three slices) is kept; every `probe_every` slices the other is
-    tried once more, since other processes come and go. On an idle machine this finds the more
-    threads faster where the model scales; when another process holds a core, the barrier waits
-    make more threads slower and it falls back.
+    Each candidate (e.g. C − 1 and C threads) is tried on the first slices in turn (a second
+    time only when the first rates are within `close` of each other), then the faster (median of
+    its last three slices) is kept; the other is tried again after `probe_every` slices, since
+    other processes come and go. A probe that loses doubles the wait before the next one (up to
+    `max_backoff` times `probe_every`): on a loaded machine a C-thread slice can be 5× slower,
+    and probing it every 16 slices cost a third of the run (measured, Galileo nano, load 4).
     """
 
-    def __init__(self, candidates: Sequence[int], probe_every: int = 16, warmup: int = 1) -> None:
+    def __init__(self, candidates: Sequence[int], probe_every: int = 16, warmup: int = 1,
+                 close: float = 0.25, max_backoff: int = 16) -> None:
         self.candidates = sorted({max(1, c) for c in candidates})
         self.probe_every = max(2, probe_every)
+        self.close = close
+        self.max_backoff = max(1, max_backoff)
         self._warmup = warmup  # slices not timed (model load, first-call allocations)
         self._rates: dict[int, list[float]] = {c: [] for c in self.candidates}
-        self._calls = 0
+        self._wait = self.probe_every  # slices until the next probe
+        self._since = 0
+        self._probing: int | None = None
+
+    def _needs_trial(self) -> list[int]:
+        if any(not r for r in self._rates.values()):
+            return [c for c, r in self._rates.items() if not r]
+        firsts = [r[0] for r in self._rates.values()]
+        if min(firsts) >= (1.0 - self.close) * max(firsts):  # too close to call on one slice each
+            return [c for c, r in self._rates.items() if len(r) < 2]
+        return []
 
     def pick(self) -> int:
         """The thread count for the next slice."""
-        self._calls += 1
         if self._warmup > 0 or len(self.candidates) == 1:
             return self.best()
-        untried = [c for c in self.candidates if len(self._rates[c]) < 2]
+        untried = self._needs_trial()
         if untried:
             return min(untried, key=lambda c: len(self._rates[c]))
-        if self._calls % self.probe_every == 0:
-            return next(c for c in self.candidates if c != self.best())
+        self._since += 1
+        if self._since >= self._wait:
+            self._since = 0
+            self._probing = next(c for c in self.candidates if c != self.best())
+            return self._probing
         return self.best()
 
     def best(self) -> int:
@@ -143,5 +159,12 @@ class TorchThreadTuner:
         if self._warmup > 0:
             self._warmup -= 1
             return
-        if threads in self._rates and seconds > 0 and places > 0:
-            self._rates[threads] = (self._rates[threads] + [places / seconds])[-3:]
+        if threads not in self._rates or seconds <= 0 or places <= 0:
+            return
+        rate = places / seconds
+        if self._probing is not None and threads == self._probing:  # won: probe again soon
+            kept = [sorted(r)[len(r) // 2] for c, r in self._rates.items() if c != threads and r]
+            won = not kept or rate >= max(kept)
+            self._wait = self.probe_every if won else min(self._wait * 2, self.probe_every * self.max_backoff)
+            self._probing = None
+        self._rates[threads] = (self._rates[threads] + [rate])[-3:]
