@@ -14,8 +14,9 @@ from .embedders.registry import get_embedder
 from .embedders.registry import list_models as _list_models
 from .embedding import Embedding
 from .errors import CapabilityError, EoembedError, ProviderError, SpecError
-from .providers import Provider, open_provider
-from .specs import FrameSpec, InputPrep, OutputSpec, SensorSpec, SpatialSpec, TemporalSpec
+from .providers import Provider
+from .backends import collection_record, open_source
+from .specs import FetchSpec, FrameSpec, InputPrep, OutputSpec, SensorSpec, SpatialSpec, TemporalSpec
 
 #: The window used when none is given: every date (only sensible for local imagery).
 ALL_TIME = TemporalSpec("1970-01-01", "2100-01-01")
@@ -32,10 +33,6 @@ def describe_model(model: str, **config: Any) -> ModelCard:
     return _describe_model(model, **config)
 
 
-def _provider(source: str | Path | Provider, source_options: dict[str, Any] | None) -> Provider:
-    return open_provider(source, **(source_options or {}))
-
-
 def _check_spatial(spatial: Any, index: int | None = None) -> SpatialSpec:
     if not isinstance(spatial, SpatialSpec):
         where = f"spatial[{index}]" if index is not None else "spatial"
@@ -45,10 +42,32 @@ def _check_spatial(spatial: Any, index: int | None = None) -> SpatialSpec:
     return spatial
 
 
+def model_options(
+    sensor: SensorSpec | None,
+    weights: str | None,
+    model_config: dict[str, Any] | None,
+    model_kwargs: dict[str, Any],
+) -> tuple[str | None, dict[str, Any]]:
+    """The weights (a checkpoint named by ``sensor.collection`` counts) and the model config."""
+    if sensor is not None and sensor.checkpoint is not None:
+        if weights is not None and weights != sensor.checkpoint:
+            raise SpecError(
+                f"weights={weights!r} and sensor collection {sensor.checkpoint!r} both choose a checkpoint; give one"
+            )
+        weights = sensor.checkpoint
+    config = dict(model_config or {})
+    clash = sorted(set(config) & set(model_kwargs))
+    if clash:
+        raise SpecError(f"{', '.join(clash)} given both in model_config and as keywords; give each once")
+    config.update(model_kwargs)
+    return weights, config
+
+
 def _plan(
     model: str | Embedder,
     temporal: TemporalSpec | None,
     sensor: SensorSpec | None,
+    fetch: FetchSpec | None,
     output: OutputSpec,
     frames: FrameSpec | None,
     prep: InputPrep | None,
@@ -59,7 +78,16 @@ def _plan(
     """Resolve the embedder and check the request against it before anything is fetched."""
     if not isinstance(output, OutputSpec):
         raise SpecError("output must be OutputSpec.pooled() or OutputSpec.grid()")
+    if sensor is not None and not isinstance(sensor, SensorSpec):
+        raise SpecError(f"sensor must be a SensorSpec, not {type(sensor).__name__}")
+    if fetch is not None:
+        if not isinstance(fetch, FetchSpec):
+            raise SpecError(f"fetch must be a FetchSpec, not {type(fetch).__name__}")
+        if sensor is not None:
+            raise SpecError("give sensor= or fetch=, not both (fetch adjusts the model's own sensor)")
     emb = model if isinstance(model, Embedder) else get_embedder(model, device=device, weights=weights, **(model_config or {}))
+    if fetch is not None:
+        sensor = fetch.sensor(emb.describe().scale_m)
     emb.check(output, sensor, temporal, frames, prep)
     return emb, emb.sensor_for(sensor), emb.frames_for(frames), temporal or ALL_TIME
 
@@ -70,24 +98,32 @@ def get_embedding(
     temporal: TemporalSpec | None = None,
     *,
     sensor: SensorSpec | None = None,
+    fetch: FetchSpec | None = None,
     output: OutputSpec = POOLED,
-    source: str | Path | Provider = "local",
+    source: str | Path | Provider | None = None,
+    backend: str | None = None,
     source_options: dict[str, Any] | None = None,
     frames: FrameSpec | None = None,
-    prep: InputPrep | None = None,
+    prep: InputPrep | str | None = None,
+    input_prep: InputPrep | str | None = None,
     device: str = "cpu",
     weights: str | None = None,
     model_config: dict[str, Any] | None = None,
+    **model_kwargs: Any,
 ) -> Embedding:
     """The embedding of one place by `model`.
+
+    `source` is a provider name, a folder of imagery or a Provider; `backend` ("auto", "local",
+    "stac", "gee") chooses one by name (see :mod:`eoembed.backends`); further keywords configure
+    the model (like `model_config`).
 
     >>> get_embedding("rcf", PointBuffer(12.49, 41.89, 320), TemporalSpec.year(2022),
     ...               source="scenes/", output=OutputSpec.grid())
     """
     return get_embeddings_batch(
-        model, [_check_spatial(spatial)], temporal, sensor=sensor, output=output, source=source,
-        source_options=source_options, frames=frames, prep=prep, device=device, weights=weights,
-        model_config=model_config,
+        model, [_check_spatial(spatial)], temporal, sensor=sensor, fetch=fetch, output=output, source=source,
+        backend=backend, source_options=source_options, frames=frames, prep=prep, input_prep=input_prep,
+        device=device, weights=weights, model_config=model_config, **model_kwargs,
     )[0]
 
 
@@ -97,15 +133,19 @@ def get_embeddings_batch(
     temporal: TemporalSpec | None = None,
     *,
     sensor: SensorSpec | None = None,
+    fetch: FetchSpec | None = None,
     output: OutputSpec = POOLED,
-    source: str | Path | Provider = "local",
+    source: str | Path | Provider | None = None,
+    backend: str | None = None,
     source_options: dict[str, Any] | None = None,
     frames: FrameSpec | None = None,
-    prep: InputPrep | None = None,
+    prep: InputPrep | str | None = None,
+    input_prep: InputPrep | str | None = None,
     device: str = "cpu",
     weights: str | None = None,
     model_config: dict[str, Any] | None = None,
     workers: int = 4,
+    **model_kwargs: Any,
 ) -> list[Embedding]:
     """Embeddings of many places, fetched concurrently and inferred in batches (one forward
     pass per ``batch_size`` places, not one per place). Raises on the first place that fails;
@@ -113,10 +153,12 @@ def get_embeddings_batch(
     places = [_check_spatial(s, i) for i, s in enumerate(spatials)]
     if not places:
         return []
+    prep = _one_prep(prep, input_prep)
+    weights, config = model_options(sensor, weights, model_config, model_kwargs)
     emb, fetch_sensor, fetch_frames, window = _plan(
-        model, temporal, sensor, output, frames, prep, device, weights, model_config
+        model, temporal, sensor, fetch, output, frames, prep, device, weights, config
     )
-    provider = _provider(source, source_options)
+    provider, backend_record = open_source(source, backend, source_options)
     requests = [provider.request(s, window, fetch_sensor, fetch_frames) for s in places]
     observations = provider.fetch_many(requests, workers=workers)
     for i, obs in enumerate(observations):
@@ -125,9 +167,18 @@ def get_embeddings_batch(
                 raise type(obs)(f"place #{i}: {obs}") from obs
             raise obs
     results = emb.embed(observations, output, prep)  # type: ignore[arg-type]
+    collection = collection_record(fetch_sensor, provider)
     for r in results:
         r.meta.setdefault("window", window.key())
+        r.meta["backend"] = backend_record
+        r.meta["collection"] = collection
     return results
+
+
+def _one_prep(prep: InputPrep | str | None, input_prep: InputPrep | str | None) -> InputPrep | None:
+    if prep is not None and input_prep is not None:
+        raise SpecError("give prep= or input_prep= (the same setting), not both")
+    return InputPrep.parse(input_prep if input_prep is not None else prep)
 
 
 def embed_text(

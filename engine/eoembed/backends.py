@@ -1,0 +1,105 @@
+"""Choosing the imagery source from ``backend=`` / ``source=`` and recording the choice.
+
+``backend="auto"`` picks, in this order: local imagery when it is given (``source=`` a path,
+``source_options={"paths": ...}`` or the ``EOEMBED_IMAGERY`` environment variable, a list of
+files or folders joined by the path separator), else a STAC API (Earth Search), else Google
+Earth Engine when credentials exist on this machine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import SpecError
+from .providers import PROVIDERS, Provider, open_provider
+from .sensors import COLLECTION_IDS
+from .specs import SensorSpec
+
+BACKENDS = ("auto", *PROVIDERS)
+#: Environment variable naming local imagery that ``backend="auto"`` uses first.
+IMAGERY_ENV = "EOEMBED_IMAGERY"
+
+
+def _env_paths() -> list[str]:
+    raw = os.environ.get(IMAGERY_ENV, "").strip()
+    return [p for p in raw.split(os.pathsep) if p.strip()]
+
+
+def _ee_credentials_exist() -> bool:
+    if importlib.util.find_spec("ee") is None:
+        return False
+    if os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+        return True
+    return (Path("~/.config/earthengine/credentials").expanduser().is_file()
+            or Path("~/.config/gcloud/application_default_credentials.json").expanduser().is_file())
+
+
+def choose_source(
+    source: str | Path | Provider | None,
+    backend: str | None,
+    source_options: dict[str, Any] | None,
+) -> tuple[str | Path | Provider, dict[str, Any], str]:
+    """The source to open, its options and why it was chosen.
+
+    `source` (a name, a path or a Provider) wins when given; `backend` then must agree with it.
+    """
+    options = dict(source_options or {})
+    name = None if backend is None else str(backend).strip().lower()
+    if name is not None and name not in BACKENDS:
+        raise SpecError(f"backend={backend!r} must be one of {', '.join(BACKENDS)}")
+    if source is not None:
+        kind = source.name if isinstance(source, Provider) else (
+            source if isinstance(source, str) and source in PROVIDERS else "local")
+        if name not in (None, "auto", kind):
+            raise SpecError(f"backend={backend!r} contradicts source={source!r} (a {kind} source); give one of them")
+        return source, options, "source given"
+    if name in (None, "auto"):
+        if options.get("paths"):
+            return "local", options, "auto: local imagery given in source_options"
+        env = _env_paths()
+        if env:
+            return "local", {**options, "paths": env}, f"auto: local imagery from ${IMAGERY_ENV}"
+        if importlib.util.find_spec("pystac_client") is not None:
+            return "stac", options, "auto: no local imagery given, so the STAC API (Earth Search)"
+        if _ee_credentials_exist():
+            return "gee", options, "auto: no local imagery or STAC client, Earth Engine credentials found"
+        raise SpecError(
+            f"backend='auto' found no imagery: give source=<folder of GeoTIFFs> (or set ${IMAGERY_ENV}), "
+            "install the STAC extra, or authenticate Earth Engine"
+        )
+    if name == "local" and not options.get("paths"):
+        env = _env_paths()
+        if not env:
+            raise SpecError(
+                f"backend='local' needs imagery: pass source=<files or folder> or set ${IMAGERY_ENV}"
+            )
+        return "local", {**options, "paths": env}, f"local imagery from ${IMAGERY_ENV}"
+    return name, options, f"backend={name!r}"  # type: ignore[return-value]
+
+
+def open_source(
+    source: str | Path | Provider | None,
+    backend: str | None,
+    source_options: dict[str, Any] | None,
+) -> tuple[Provider, dict[str, Any]]:
+    """The opened provider and the ``meta["backend"]`` record of how it was chosen."""
+    chosen, options, why = choose_source(source, backend, source_options)
+    provider = open_provider(chosen, **options)
+    record = {"requested": backend or ("source" if source is not None else "auto"), "source": provider.name,
+              "why": why}
+    return provider, record
+
+
+def collection_record(sensor: SensorSpec | None, provider: Provider) -> dict[str, Any] | None:
+    """``meta["collection"]``: the collection asked for, eoembed's name and the source's id."""
+    if sensor is None:
+        return None
+    ids = COLLECTION_IDS.get(sensor.collection, {})
+    return {
+        "requested": sensor.requested_collection or sensor.collection,
+        "collection": sensor.collection,
+        "source_id": ids.get(provider.name, sensor.collection),
+    }
