@@ -15,7 +15,7 @@ from .embedders.registry import list_models as _list_models
 from .embedding import Embedding
 from .errors import CapabilityError, EoembedError, ProviderError, SpecError
 from .providers import Provider
-from .backends import collection_record, open_source
+from .backends import choose_source, collection_record, open_source
 from .specs import FetchSpec, FrameSpec, InputPrep, OutputSpec, SensorSpec, SpatialSpec, TemporalSpec
 
 #: The window used when none is given: every date (only sensible for local imagery).
@@ -202,14 +202,22 @@ def embed_text(
 
 
 def export_batch(
-    places: Any,
-    temporal: TemporalSpec | None,
-    models: Any,
-    out: str | Path,
+    places: Any = None,
+    temporal: TemporalSpec | None = None,
+    models: Any = None,
+    out: str | Path | None = None,
     *,
-    outputs: Any = "pooled",
-    source: str | Path | Provider = "local",
+    spatials: Sequence[SpatialSpec] | None = None,
+    target: Any = None,
+    config: Any = None,
+    outputs: Any = None,
+    output: OutputSpec | None = None,
+    source: str | Path | Provider | None = None,
+    backend: str | None = None,
     source_options: dict[str, Any] | None = None,
+    sensor: SensorSpec | None = None,
+    fetch: FetchSpec | None = None,
+    input_prep: InputPrep | str | None = None,
     chunk_size: int = 256,
     workers: int = 4,
     executor: str = "thread",
@@ -226,16 +234,58 @@ def export_batch(
     >>> export_batch("fields.gpkg", TemporalSpec.year(2022), ["rcf", "galileo-nano"], "out/",
     ...              outputs="both", source="scenes/", progress=lambda d, t, info: print(d, t))
 
-    Further keywords (sensor, frames, prep, device, weights, model_config, id_field, buffer_m,
-    backoff, should_stop, stack) are those of :func:`eoembed.pipeline.run_export`.
+    The keyword form ``export_batch(spatials=[...], temporal=..., models=[...],
+    target=ExportTarget.combined("out/run"), config=ExportConfig(...), backend="auto",
+    output=OutputSpec.pooled())`` means the same. Further keywords (frames, prep, device, weights,
+    model_config, id_field, buffer_m, backoff, should_stop, stack) are those of
+    :func:`eoembed.pipeline.run_export`.
     """
+    from .export.targets import ExportConfig, ExportTarget, export_models, export_places
     from .pipeline import run_export
 
+    if spatials is not None:
+        if places is not None:
+            raise SpecError("give places or spatials= (the same thing), not both")
+        places = spatials
+    if target is not None:
+        if out is not None:
+            raise SpecError("give out or target= (the same thing), not both")
+        if not isinstance(target, ExportTarget):
+            raise SpecError(f"target must be an ExportTarget, not {type(target).__name__}")
+        out = target.out
+        places = export_places(places, target)
+    if places is None or models is None or out is None:
+        raise SpecError("export_batch needs places (or spatials=), models and out (or target=)")
+    run: dict[str, Any] = {"chunk_size": chunk_size, "workers": workers, "retries": retries,
+                           "continue_on_error": continue_on_error, "progress": progress}
+    if config is not None:
+        if not isinstance(config, ExportConfig):
+            raise SpecError(f"config must be an ExportConfig, not {type(config).__name__}")
+        run.update(config.run_options())
+    names, asked = export_models(models, config.infer_batch_size if config is not None else None)
+    if fetch is not None or asked:
+        wanted = {repr(s) for s in [*asked, *([fetch] if fetch is not None else [])]}
+        if sensor is not None or len(wanted) > 1:
+            raise SpecError("one export reads with one sensor; give a single sensor= or fetch=, or run one export per sensor")
+        spec = fetch if fetch is not None else asked[0]
+        sensor = spec.sensor(10.0) if isinstance(spec, FetchSpec) else spec
+    if sensor is not None:
+        options["sensor"] = sensor
+        if sensor.checkpoint is not None:
+            if len(names) != 1:
+                raise SpecError("a checkpoint in sensor.collection chooses weights for one model; export that model alone")
+            options.setdefault("weights", sensor.checkpoint)
+    if output is not None:
+        if outputs is not None:
+            raise SpecError("give outputs= or output= (the same thing), not both")
+        outputs = output
+    prep = _one_prep(options.pop("prep", None), input_prep)
+    if prep is not None:
+        options["prep"] = prep
+    chosen, opts, _ = choose_source(source, backend, source_options)
     return run_export(
-        places, temporal or ALL_TIME, models, out, outputs=outputs, source=source,
-        source_options=source_options, chunk_size=chunk_size, workers=workers, executor=executor,
-        scheduler=scheduler, retries=retries, continue_on_error=continue_on_error, progress=progress,
-        **options,
+        places, temporal or ALL_TIME, names, out, outputs=outputs or "pooled", source=chosen,
+        source_options=opts, executor=executor, scheduler=scheduler, **run, **options,
     )
 
 
