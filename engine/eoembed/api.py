@@ -23,9 +23,9 @@ ALL_TIME = TemporalSpec("1970-01-01", "2100-01-01")
 POOLED = OutputSpec.pooled()
 
 
-def list_models() -> list[str]:
-    """Ids of every model eoembed knows."""
-    return _list_models()
+def list_models(*, aliases: bool = False) -> list[str]:
+    """Canonical ids of every model eoembed knows (and the aliases that lead to them, if asked)."""
+    return _list_models(aliases=aliases)
 
 
 def describe_model(model: str, **config: Any) -> ModelCard:

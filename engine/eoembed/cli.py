@@ -60,7 +60,14 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     for m in list_models():
         card = describe_model(m)
-        print(f"{m:28s} {card.family:10s} dim={card.dim:<5d} {'/'.join(card.outputs):12s} {card.summary}")
+        notes = [f"aliases: {', '.join(card.aliases)}"] if card.aliases else []
+        if card.precomputed:
+            notes.append("precomputed product, no weights")
+        if card.noncommercial:
+            notes.append(f"NON-COMMERCIAL licence ({card.license})")
+        extra = f" [{'; '.join(notes)}]" if notes else ""
+        print(f"{m:28s} {card.family:10s} dim={card.dim:<5d} {'/'.join(card.outputs):12s} "
+              f"{card.summary}{extra}")
     return 0
 
 

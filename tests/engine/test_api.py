@@ -160,3 +160,22 @@ def test_list_and_describe_models_load_nothing():
     emb = build_embedder("rcf")
     emb.describe()
     assert not emb._loaded and emb._filters is None
+
+
+def test_aliases_fold_into_one_entry_and_lead_to_the_canonical_card():
+    ids = eoembed.list_models()
+    assert "galileo" not in ids and "remoteclip" not in ids  # aliases are not listed twice
+    assert {"galileo-nano", "remoteclip-vit-b-32"} <= set(ids)
+    assert {"galileo", "remoteclip"} <= set(eoembed.list_models(aliases=True))
+    card = eoembed.describe_model("galileo")
+    assert card.id == "galileo-nano"
+    assert "galileo" in card.aliases
+    assert set(card.variants) == {"galileo-tiny", "galileo-base"}
+
+
+def test_alias_with_an_option_selects_the_matching_variant():
+    assert eoembed.describe_model("galileo", size="base").id == "galileo-base"
+    with pytest.raises(eoembed.SpecError, match="fixes size"):
+        eoembed.describe_model("galileo-nano", size="base")
+    with pytest.raises(eoembed.SpecError, match="did you mean"):
+        eoembed.describe_model("galileo-huge")

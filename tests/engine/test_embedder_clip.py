@@ -102,7 +102,7 @@ def _observation(bands, values, h=224, w=224, invalid=None):
 
 
 def test_registry_ids_and_cards_need_no_weights():
-    ids = eoembed.api.list_models()
+    ids = eoembed.api.list_models(aliases=True)
     for model in ("remoteclip", "remoteclip-vit-b-32", "remoteclip-vit-l-14", "remoteclip-rn50",
                   "llama3-ms-clip-base"):
         assert model in ids

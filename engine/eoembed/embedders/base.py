@@ -59,11 +59,20 @@ class ModelCard:
     frames: FrameSpec | None = None
     preprocessing: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    #: other ids that lead here, and the other sizes/architectures of the same embedder
+    aliases: tuple[str, ...] = ()
+    variants: tuple[str, ...] = ()
+    #: a precomputed product: no weights, nothing to run but reading and pooling
+    precomputed: bool = False
+    #: the licence forbids commercial use (CC BY-NC and the like)
+    noncommercial: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["bands"] = list(self.bands)
         d["outputs"] = list(self.outputs)
+        d["aliases"] = list(self.aliases)
+        d["variants"] = list(self.variants)
         d["frames"] = self.frames.key() if self.frames else None
         return d
 

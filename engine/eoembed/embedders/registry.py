@@ -4,27 +4,34 @@ from __future__ import annotations
 
 import importlib
 import threading
+from dataclasses import replace
 from typing import Any
 
 from ..errors import SpecError
 from .base import Embedder, ModelCard
 
-#: model id → (module in eoembed.embedders, class name, fixed config)
+#: canonical model id → (module in eoembed.embedders, class name, fixed config)
 _MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "rcf": ("rcf", "RCFEmbedder", {"mode": "gaussian"}),
     "rcf-empirical": ("rcf", "RCFEmbedder", {"mode": "empirical"}),
-    "remoteclip": ("remoteclip", "RemoteCLIPEmbedder", {"arch": "vit-b-32"}),
     "remoteclip-vit-b-32": ("remoteclip", "RemoteCLIPEmbedder", {"arch": "vit-b-32"}),
     "remoteclip-vit-l-14": ("remoteclip", "RemoteCLIPEmbedder", {"arch": "vit-l-14"}),
     "remoteclip-rn50": ("remoteclip", "RemoteCLIPEmbedder", {"arch": "rn50"}),
     "llama3-ms-clip-base": ("msclip", "MSCLIPEmbedder", {}),
     "remotesam": ("remotesam", "RemoteSAMEmbedder", {}),
     "anysat": ("anysat", "AnySatEmbedder", {}),
-    "galileo": ("galileo", "GalileoEmbedder", {}),
     "galileo-nano": ("galileo", "GalileoEmbedder", {"size": "nano"}),
     "galileo-tiny": ("galileo", "GalileoEmbedder", {"size": "tiny"}),
     "galileo-base": ("galileo", "GalileoEmbedder", {"size": "base"}),
     "presto": ("presto", "PrestoEmbedder", {}),
+}
+
+#: alias → canonical id. Through an alias the target's fixed config is only a default, so
+#: `get_embedding("galileo", size="base")` is galileo-base.
+_ALIASES: dict[str, str] = {
+    "remoteclip": "remoteclip-vit-b-32",
+    "msclip": "llama3-ms-clip-base",
+    "galileo": "galileo-nano",
 }
 
 # The one piece of global state: built embedders, keyed by (model, device, weights, config).
@@ -32,42 +39,75 @@ _CACHE: dict[tuple, Embedder] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def list_models() -> list[str]:
-    """Ids of every model eoembed knows, sorted."""
-    return sorted(_MODELS)
+def list_models(*, aliases: bool = False) -> list[str]:
+    """Canonical ids of every model eoembed knows, sorted (with their aliases if asked)."""
+    return sorted(_MODELS) + (sorted(_ALIASES) if aliases else [])
 
 
-def _entry(model: str) -> tuple[str, str, dict[str, Any]]:
-    key = str(model).strip().lower()
+def _key(model: str) -> str:
+    return str(model).strip().lower()
+
+
+def resolve_model_id(model: str) -> str:
+    """The canonical id of `model` (an id or an alias); SpecError naming close ids if unknown."""
+    key = _key(model)
+    key = _ALIASES.get(key, key)
     if key not in _MODELS:
-        close = [m for m in _MODELS if key.split("-")[0] in m]
-        hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
+        stem = key.replace("_", "-").split("-")[0]
+        close = [m for m in (*_MODELS, *_ALIASES) if stem and stem in m]
+        hint = f" (did you mean {', '.join(sorted(close)[:3])}?)" if close else ""
         raise SpecError(f"unknown model {model!r}{hint}; `eoembed models` lists the {len(_MODELS)} known ids")
-    return _MODELS[key]
+    return key
+
+
+def model_aliases(model: str) -> tuple[str, ...]:
+    """The aliases that lead to `model`'s canonical id."""
+    target = resolve_model_id(model)
+    return tuple(sorted(a for a, t in _ALIASES.items() if t == target))
+
+
+def model_variants(model: str) -> tuple[str, ...]:
+    """The other canonical ids served by the same embedder class (sizes, architectures)."""
+    target = resolve_model_id(model)
+    module, cls, _ = _MODELS[target]
+    return tuple(sorted(m for m, (mo, c, _) in _MODELS.items() if (mo, c) == (module, cls) and m != target))
 
 
 def embedder_class(model: str) -> tuple[type[Embedder], dict[str, Any]]:
     """The embedder class of `model` and the config that the id fixes."""
-    module, cls, fixed = _entry(model)
+    module, cls, fixed = _MODELS[resolve_model_id(model)]
     mod = importlib.import_module(f"{__package__}.{module}")
     return getattr(mod, cls), dict(fixed)
 
 
+def _variant_for(target: str, config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Through an alias: the canonical id whose fixed config the user's options select."""
+    module, cls, fixed = _MODELS[target]
+    merged = {**fixed, **config}
+    for mid, (mo, c, fx) in _MODELS.items():
+        if (mo, c) == (module, cls) and fx and all(merged.get(k) == v for k, v in fx.items()):
+            return mid, {k: v for k, v in config.items() if k not in fx}
+    return target, config
+
+
 def build_embedder(model: str, *, device: str = "cpu", weights: str | None = None, **config: Any) -> Embedder:
     """A new embedder for `model` (weights are not loaded until first use)."""
-    cls, fixed = embedder_class(model)
+    target = resolve_model_id(model)
+    if _key(model) in _ALIASES:
+        target, config = _variant_for(target, config)
+    cls, fixed = embedder_class(target)
     clash = set(fixed) & set(config)
     if clash:
         raise SpecError(f"model {model!r} fixes {', '.join(sorted(clash))}; choose another model id instead")
     try:
-        return cls(str(model).strip().lower(), device=device, weights=weights, **fixed, **config)
+        return cls(target, device=device, weights=weights, **fixed, **config)
     except TypeError as exc:
         raise SpecError(f"model {model!r} does not take these options: {exc}") from exc
 
 
 def get_embedder(model: str, *, device: str = "cpu", weights: str | None = None, **config: Any) -> Embedder:
     """The cached embedder for (model, device, weights, config); built on first request."""
-    key = (str(model).strip().lower(), str(device), weights, tuple(sorted((k, repr(v)) for k, v in config.items())))
+    key = (_key(model), str(device), weights, tuple(sorted((k, repr(v)) for k, v in config.items())))
     with _CACHE_LOCK:
         emb = _CACHE.get(key)
         if emb is None:
@@ -78,7 +118,8 @@ def get_embedder(model: str, *, device: str = "cpu", weights: str | None = None,
 
 def describe_model(model: str, **config: Any) -> ModelCard:
     """The model card of `model`, without loading weights or touching the network."""
-    return build_embedder(model, **config).describe()
+    card = build_embedder(model, **config).describe()
+    return replace(card, aliases=model_aliases(card.id), variants=model_variants(card.id))
 
 
 def clear_cache() -> None:
