@@ -15,7 +15,7 @@ from .embedders.registry import list_models as _list_models
 from .embedding import Embedding
 from .errors import CapabilityError, EoembedError, ProviderError, SpecError
 from .providers import Provider
-from .backends import choose_source, collection_record, open_source
+from .backends import CONVENTIONS, choose_source, collection_record, open_source
 from .specs import FetchSpec, FrameSpec, InputPrep, OutputSpec, SensorSpec, SpatialSpec, TemporalSpec
 
 #: The window used when none is given: every date (only sensible for local imagery).
@@ -172,6 +172,7 @@ def get_embeddings_batch(
         r.meta.setdefault("window", window.key())
         r.meta["backend"] = backend_record
         r.meta["collection"] = collection
+        r.meta["conventions"] = CONVENTIONS
     return results
 
 

@@ -19,6 +19,7 @@ import rasterio
 import xarray as xr
 from affine import Affine
 
+from .backends import CONVENTIONS
 from .embedders.base import Embedder
 from .embedders.registry import describe_model, get_embedder, list_models
 from .embedding import Embedding
@@ -351,6 +352,7 @@ def get_embeddings_batch_from_data(
         r.meta["window"] = obs.meta.get("window")
         r.meta["user_input"] = obs.meta["user_input"]
         r.meta["backend"] = {"requested": "data", "source": "user data"}
+        r.meta["conventions"] = CONVENTIONS
     return results
 
 

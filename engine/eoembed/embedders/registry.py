@@ -32,6 +32,7 @@ _ALIASES: dict[str, str] = {
     "remoteclip": "remoteclip-vit-b-32",
     "msclip": "llama3-ms-clip-base",
     "galileo": "galileo-nano",
+    "remoteclip_s2rgb": "remoteclip-vit-b-32",  # rs-embed's id
 }
 
 # The one piece of global state: built embedders, keyed by (model, device, weights, config).
