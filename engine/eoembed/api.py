@@ -255,6 +255,7 @@ def export_batch(
             raise SpecError(f"target must be an ExportTarget, not {type(target).__name__}")
         out = target.out
         places = export_places(places, target)
+        config = ExportConfig() if config is None else config
     if places is None or models is None or out is None:
         raise SpecError("export_batch needs places (or spatials=), models and out (or target=)")
     run: dict[str, Any] = {"chunk_size": chunk_size, "workers": workers, "retries": retries,

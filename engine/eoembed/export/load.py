@@ -56,8 +56,11 @@ def load_export(path: str | Path) -> Any:
         out["run"] = json.loads((p / RUN_NAME).read_text())
     if (p / MANIFEST_NAME).exists():
         out["manifest"] = read_manifest(p / MANIFEST_NAME)
-        for name, res in models.items():
-            res["states"] = [r.get("status") for r in out["manifest"] if r.get("model") == name]
+        for rec in out["manifest"]:  # models that failed everywhere have no folder, only records
+            res = models.setdefault(str(rec.get("model")), ModelContents(pooled=None, grids={}))
+            res.setdefault("states", []).append(rec.get("status"))
+            if rec.get("status") != "ok" and rec.get("error"):
+                res.setdefault("errors", []).append(str(rec["error"]))
     return out
 
 
@@ -76,6 +79,11 @@ class ModelContents(dict):
         if not grids or len({g.shape for g in grids}) != 1:
             return None
         return np.stack(grids)
+
+    @property
+    def error(self) -> str | None:
+        """The first error when the model failed for every place, else None."""
+        return self["errors"][0] if self.status == "failed" and self.get("errors") else None
 
     @property
     def status(self) -> str:
@@ -126,6 +134,12 @@ class ExportContents(dict):
         if "places" in run:
             return int(run["places"])
         return max((len(r["pooled"]["ids"]) if r.get("pooled") else len(r["grids"])) for r in self["models"].values())
+
+    def __getattr__(self, name: str) -> Any:  # run.json fields (temporal, places, ...) as attributes
+        run = self.get("run") or {}
+        if name in run:
+            return run[name]
+        raise AttributeError(f"export contents have no {name!r}; keys are {', '.join(self)}")
 
 
 def _load_model_dir(folder: Path) -> ModelContents:
