@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .backends import CONVENTIONS, choose_source, collection_record, open_source
 from .embedders.base import Embedder, ModelCard
 from .embedders.registry import describe_model as _describe_model
 from .embedders.registry import get_embedder
@@ -15,8 +16,15 @@ from .embedders.registry import list_models as _list_models
 from .embedding import Embedding
 from .errors import CapabilityError, EoembedError, ProviderError, SpecError
 from .providers import Provider
-from .backends import CONVENTIONS, choose_source, collection_record, open_source
-from .specs import FetchSpec, FrameSpec, InputPrep, OutputSpec, SensorSpec, SpatialSpec, TemporalSpec
+from .specs import (
+    FetchSpec,
+    FrameSpec,
+    InputPrep,
+    OutputSpec,
+    SensorSpec,
+    SpatialSpec,
+    TemporalSpec,
+)
 
 #: The window used when none is given: every date (only sensible for local imagery).
 ALL_TIME = TemporalSpec("1970-01-01", "2100-01-01")

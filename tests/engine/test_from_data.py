@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import eoembed
 import numpy as np
 import pytest
 import rasterio
 import torch
 import xarray as xr
-
-import eoembed
 from eoembed.embedders.registry import build_embedder
 from eoembed.errors import CapabilityError, EoembedError, SpecError
 from eoembed.specs import BBox, OutputSpec, PointBuffer, TemporalSpec

@@ -13,9 +13,8 @@ import textwrap
 
 import pytest
 import rasterio
-from pyproj import Transformer
-
 from eoembed.errors import EoembedError
+from pyproj import Transformer
 
 # (name, code, expected): expected is None (runs) or (error class name, words in the message)
 EXAMPLES = [

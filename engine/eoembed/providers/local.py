@@ -44,7 +44,7 @@ from ..errors import ProviderError, SpecError
 from ..grid import GridSpec, roi_grid
 from ..sensors import S2_BANDS, S2_STACK_LAYOUTS, SCL_INVALID, normalize_band
 from ..specs import SensorSpec, SpatialSpec, crs_string, parse_crs
-from .base import FetchRequest, Observation, Provider, make_observation
+from .base import FetchRequest, Observation, Provider
 from .composite import scenes_to_observation
 from .raster_io import read_to_grid
 
