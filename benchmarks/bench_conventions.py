@@ -21,13 +21,12 @@ import json
 import math
 from pathlib import Path
 
+import eoembed
 import numpy as np
 import rasterio
-from pyproj import Geod, Transformer
-
-import eoembed
 from eoembed.embedders.registry import build_embedder
 from eoembed.specs import BBox, PointBuffer, TemporalSpec
+from pyproj import Geod, Transformer
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 WINDOW = TemporalSpec.year(2022)
