@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import replace
 
 import eoembed
@@ -63,6 +64,46 @@ def _remoteclip_weights(folder):
     return folder
 
 
+def _remotesam_weights(folder):
+    """RemoteSAM's train.py layout, reduced Swin (one block per stage), text-free."""
+    from eoembed.nn.remotesam import RemoteSAMImageEncoder
+
+    torch.manual_seed(1)
+    model = RemoteSAMImageEncoder(embed_dim=128, depths=(1, 1, 1, 1), heads=(4, 8, 16, 32), window=12).eval()
+    sd = {k: (v.half() if v.dtype.is_floating_point else v) for k, v in model.state_dict().items()}
+    sd["classifier.conv1_4.weight"] = torch.zeros(2, 2, 3, 3, dtype=torch.float16)
+    args = argparse.Namespace(model="lavt_one", swin_type="base", window12=True, img_size=896, mha="")
+    torch.save({"model": sd, "optimizer": {"state": {}}, "epoch": 0, "args": args}, folder / "RemoteSAMv1.pth")
+    return folder / "RemoteSAMv1.pth"
+
+
+def _anysat_weights(folder):
+    """AnySat's released layout with one block in each transformer."""
+    from eoembed.nn.anysat import AnySatS2
+
+    torch.manual_seed(2)
+    sd = {k: v.half() for k, v in AnySatS2(dim=768, depth=1, heads=12).state_dict().items()}
+    sd["projector_aerial.patch_embed.proj.weight"] = torch.zeros(4, 4, 10, 10, dtype=torch.float16)
+    sd["projector_s1-asc.pad_parameter"] = torch.tensor(0.0, dtype=torch.float16)
+    torch.save({"state_dict": sd}, folder / "AnySat.pth")
+    return folder / "AnySat.pth"
+
+
+def _msclip_weights(folder):
+    """Llama3-MS-CLIP's wrapper layout (three prefixes sharing storage), one-layer towers."""
+    from eoembed.nn.clip import CLIP, CLIP_CONFIGS
+
+    cfg = CLIP_CONFIGS["ViT-B-16"]
+    cfg = replace(cfg, vision=replace(cfg.vision, layers=1, in_chans=10), text=replace(cfg.text, layers=1))
+    torch.manual_seed(3)
+    sd = {k: v.contiguous() for k, v in CLIP(cfg).state_dict().items()}
+    wrapper = {"temperature": torch.tensor(0.07)}
+    for prefix in ("clip_base_model.model.", "text_encoder.model.", "image_encoder.model."):
+        wrapper.update({prefix + k: v for k, v in sd.items()})
+    torch.save(wrapper, folder / "Llama3_MS_CLIP_weights.pt")
+    return folder / "Llama3_MS_CLIP_weights.pt"
+
+
 @pytest.fixture(scope="module")
 def models(shared_dir, tmp_path_factory):
     """Every model with real or layout-faithful weights here (built once, shared)."""
@@ -73,13 +114,18 @@ def models(shared_dir, tmp_path_factory):
     presto = shared_dir / "weights" / "presto"
     if presto.is_dir():
         out["presto"] = build_embedder("presto", weights=str(presto))
-    out["remoteclip-vit-b-32"] = build_embedder(
-        "remoteclip-vit-b-32", weights=str(_remoteclip_weights(tmp_path_factory.mktemp("rclip")))
-    )
+    folder = tmp_path_factory.mktemp("weights")
+    out["remoteclip-vit-b-32"] = build_embedder("remoteclip-vit-b-32", weights=str(_remoteclip_weights(folder)))
+    out["remotesam"] = build_embedder("remotesam", weights=str(_remotesam_weights(folder)), image_size=64)
+    out["anysat"] = build_embedder("anysat", weights=str(_anysat_weights(folder)), patch_size_m=20)
+    out["llama3-ms-clip-base"] = build_embedder("llama3-ms-clip-base", weights=str(_msclip_weights(folder)))
     return out
 
 
-@pytest.mark.parametrize("model", ["rcf", "galileo-nano", "presto", "remoteclip-vit-b-32"])
+@pytest.mark.parametrize(
+    "model",
+    ["rcf", "galileo-nano", "presto", "remoteclip-vit-b-32", "llama3-ms-clip-base", "remotesam", "anysat"],
+)
 @pytest.mark.parametrize("mode", ["pooled", "grid"])
 def test_array_and_file_give_identical_embeddings(models, tile, model, mode):
     if model not in models:
