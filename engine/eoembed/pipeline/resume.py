@@ -1,0 +1,58 @@
+"""Resume: leftovers of a crash cleaned up, done items whose files are still sound."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import rasterio
+
+from ..export.layout import PARTS_DIR
+from ..export.manifest import Manifest
+
+
+def clean_partial_files(out: Path) -> list[Path]:
+    """Remove temporary files a crash left behind (``.<name>.<hex>.part``) and quarantine
+    part files that cannot be read (renamed ``*.corrupt``); returns what was touched."""
+    touched = []
+    if not out.exists():
+        return touched
+    for p in out.rglob(".*.part"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            touched.append(p)
+    for p in out.rglob(f"{PARTS_DIR}/*.parquet"):
+        try:
+            pq.read_metadata(p)
+        except Exception:
+            bad = p.with_name(p.name + ".corrupt")
+            p.replace(bad)
+            touched.append(bad)
+    return touched
+
+
+def _file_sound(path: Path, mode: str, cache: dict[Path, bool]) -> bool:
+    if path in cache:
+        return cache[path]
+    ok = path.is_file()
+    if ok and mode == "grid":
+        try:
+            with rasterio.open(path) as src:
+                ok = src.count > 0
+        except Exception:
+            ok = False
+    cache[path] = ok
+    return ok
+
+
+def done_fingerprints(out: Path, manifest: Manifest) -> dict[str, dict[str, Any]]:
+    """Latest ok records whose files are still sound (a deleted or broken file means redo)."""
+    cache: dict[Path, bool] = {}
+    done = {}
+    for fp, rec in manifest.latest().items():
+        if rec.get("status") != "ok" or not rec.get("file"):
+            continue
+        if _file_sound(out / rec["file"], "grid" if rec.get("output") == "grid" else "pooled", cache):
+            done[fp] = rec
+    return done
