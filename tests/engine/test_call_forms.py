@@ -197,3 +197,16 @@ def test_gee_without_credentials_is_one_sentence(monkeypatch, tmp_path):
                                                   ("galileo", "galileo-nano"), ("anysat", "anysat")])
 def test_other_tools_model_ids_resolve(alias, canonical):
     assert resolve_model_id(alias) == canonical
+
+
+def test_every_rs_embed_id_resolves_once_its_model_is_here():
+    from eoembed.embedders.registry import _RS_EMBED_IDS, list_models
+
+    here = set(list_models())
+    for rs_id, targets in _RS_EMBED_IDS.items():
+        present = [t for t in targets if t in here]
+        if present:
+            assert resolve_model_id(rs_id) in here
+        else:
+            with pytest.raises(SpecError, match="unknown model"):
+                resolve_model_id(rs_id)
