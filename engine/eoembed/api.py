@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -292,6 +293,12 @@ def export_batch(
     prep = _one_prep(options.pop("prep", None), input_prep)
     if prep is not None:
         options["prep"] = prep
+    if options.get("modality") is not None:
+        raise SpecError(f"modality={options['modality']!r}: eoembed models read Sentinel-2 L2A only; drop modality")
+    options.pop("modality", None)
+    unknown = sorted(set(options) - set(inspect.signature(run_export).parameters))
+    if unknown:
+        raise SpecError(f"export_batch does not take {', '.join(unknown)}; see help(eoembed.export_batch)")
     chosen, opts, _ = choose_source(source, backend, source_options)
     return run_export(
         places, temporal or ALL_TIME, names, out, outputs=outputs or "pooled", source=chosen,

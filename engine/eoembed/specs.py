@@ -429,12 +429,31 @@ def _parse_date(name: str, value: Any) -> date:
     raise SpecError(f"{name}={value!r} is not a date; give an ISO date like '2022-06-01'")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class TemporalSpec:
-    """A half-open time window ``[start, end)`` of whole days."""
+    """A half-open time window ``[start, end)`` of whole days.
+
+    ``TemporalSpec(mode="year", year=2022)`` and ``TemporalSpec(mode="range", start=, end=)``
+    are the same as :meth:`year` and :meth:`range`.
+    """
 
     start: date
     end: date
+
+    def __init__(self, start: Any = None, end: Any = None, *, mode: str | None = None,
+                 year: int | None = None) -> None:
+        if mode is not None and mode not in ("year", "range"):
+            raise SpecError(f"TemporalSpec mode={mode!r} must be 'year' or 'range'")
+        if mode == "year" or (mode is None and year is not None):
+            if start is not None or end is not None:
+                raise SpecError("TemporalSpec: give year= or start/end, not both")
+            whole = TemporalSpec.year(year)  # type: ignore[arg-type]
+            start, end = whole.start, whole.end
+        elif mode == "range" and (start is None or end is None):
+            raise SpecError("TemporalSpec needs start and end (ISO dates, end excluded) or year=")
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "end", end)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         s = _parse_date("start", self.start)

@@ -210,3 +210,27 @@ def test_every_rs_embed_id_resolves_once_its_model_is_here():
         else:
             with pytest.raises(SpecError, match="unknown model"):
                 resolve_model_id(rs_id)
+
+
+def test_temporal_spec_mode_forms():
+    assert TemporalSpec(mode="year", year=2022) == TemporalSpec.year(2022)
+    assert TemporalSpec(mode="range", start="2022-06-01", end="2022-09-01") == TemporalSpec.range(
+        "2022-06-01", "2022-09-01")
+    with pytest.raises(SpecError, match="needs start and end"):
+        TemporalSpec(mode="range", start="2022-06-01")
+    with pytest.raises(SpecError, match="'year' or 'range'"):
+        TemporalSpec(mode="season", year=2022)
+
+
+def test_export_keywords_that_do_not_apply_are_one_sentence(tmp_path):
+    place = [PointBuffer(lon=1, lat=2, buffer_m=100)]
+    with pytest.raises(SpecError, match="modality='s1'"):
+        eoembed.export_batch(spatials=place, models=["rcf"], target=eoembed.ExportTarget.combined(tmp_path / "r"),
+                             modality="s1")
+    with pytest.raises(SpecError, match="does not take colour"):
+        eoembed.export_batch(place, None, ["rcf"], tmp_path / "r", colour="red")
+    with pytest.raises(SpecError, match="names 1 places but 2"):
+        eoembed.export_batch(spatials=place * 2, models=["rcf"],
+                             target=eoembed.ExportTarget.per_item(tmp_path, names=["a"]))
+    with pytest.raises(SpecError, match="save_embeddings=False"):
+        eoembed.ExportConfig(save_embeddings=False)

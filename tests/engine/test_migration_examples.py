@@ -156,6 +156,8 @@ BBox(minlon=121.4, minlat=31.1, maxlon=121.6, maxlat=31.3)
 PointBuffer(lon=121.5, lat=31.2, buffer_m=2048)
 TemporalSpec.year(2022)
 TemporalSpec.range("2022-06-01", "2022-09-01")
+TemporalSpec(mode="range", start="2022-06-01", end="2022-09-01")
+TemporalSpec(mode="year", year=2022)
 SensorSpec(collection="COPERNICUS/S2_SR_HARMONIZED", bands=("B4", "B3", "B2"), scale_m=10, cloudy_pct=30,
            fill_value=0.0, composite="median")
 FetchSpec(scale_m=10, cloudy_pct=10)
