@@ -61,6 +61,19 @@ emb = get_embedding(
     backend="auto",
 )
 """, ("ProviderError", "no local imagery covers the place")),
+    ("embedding page on earth engine", """
+from eoembed import PointBuffer, TemporalSpec, OutputSpec, get_embedding
+emb = get_embedding(
+    "remoteclip",
+    spatial=PointBuffer(lon=121.5, lat=31.2, buffer_m=2048),
+    temporal=TemporalSpec.range("2022-06-01", "2022-09-01"),
+    output=OutputSpec.pooled(pooling="mean"),
+    backend="gee",
+    device="auto",
+    input_prep="resize",  # default
+)
+vec = emb.data
+""", ("ProviderError", "Earth Engine")),
     ("quickstart single", """
 from eoembed import PointBuffer, TemporalSpec, OutputSpec, get_embedding
 emb = get_embedding(
