@@ -56,11 +56,15 @@ def load_export(path: str | Path) -> Any:
         out["run"] = json.loads((p / RUN_NAME).read_text())
     if (p / MANIFEST_NAME).exists():
         out["manifest"] = read_manifest(p / MANIFEST_NAME)
-        for rec in out["manifest"]:  # models that failed everywhere have no folder, only records
-            res = models.setdefault(str(rec.get("model")), ModelContents(pooled=None, grids={}))
+        failed: dict[str, ModelContents] = {}  # models that failed everywhere: records, no folder
+        for rec in out["manifest"]:
+            name = str(rec.get("model"))
+            res = models[name] if name in models else failed.setdefault(name, ModelContents(pooled=None, grids={}))
             res.setdefault("states", []).append(rec.get("status"))
             if rec.get("status") != "ok" and rec.get("error"):
                 res.setdefault("errors", []).append(str(rec["error"]))
+        if failed:
+            out["failed"] = failed
     return out
 
 
@@ -100,16 +104,17 @@ class ExportContents(dict):
     ``embedding(model)``, ``ok_models``, ``failed_models`` and ``n_items``."""
 
     def embedding(self, model: str) -> np.ndarray:
-        if model not in self["models"]:
-            raise ExportError(f"the export has no model {model!r}; it holds {', '.join(self['models'])}")
-        arr = self["models"][model].embeddings
+        if model not in self.models:
+            raise ExportError(f"the export has no model {model!r}; it holds {', '.join(self.models)}")
+        arr = self.models[model].embeddings
         if arr is None:
             raise ExportError(f"model {model!r} has no pooled vectors and no grids of one shape in this export")
         return arr
 
     @property
     def models(self) -> dict[str, ModelContents]:
-        return self["models"]
+        """Every model of the run: those with results, then those that failed everywhere."""
+        return {**self["models"], **self.get("failed", {})}
 
     @property
     def manifest(self) -> list[dict[str, Any]]:
@@ -117,16 +122,16 @@ class ExportContents(dict):
 
     @property
     def status(self) -> str:
-        states = {r.status for r in self["models"].values()}
+        states = {r.status for r in self.models.values()}
         return states.pop() if len(states) == 1 else "partial"
 
     @property
     def ok_models(self) -> list[str]:
-        return [m for m, r in self["models"].items() if r.status == "ok"]
+        return [m for m, r in self.models.items() if r.status == "ok"]
 
     @property
     def failed_models(self) -> list[str]:
-        return [m for m, r in self["models"].items() if r.status == "failed"]
+        return [m for m, r in self.models.items() if r.status == "failed"]
 
     @property
     def n_items(self) -> int:
