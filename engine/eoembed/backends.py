@@ -107,7 +107,7 @@ def collection_record(sensor: SensorSpec | None, provider: Provider) -> dict[str
 
 #: Where eoembed deliberately departs from rs-embed's defaults; recorded in every result's meta.
 CONVENTIONS: dict[str, str] = {
-    "footprint": "buffer_m and boxes are ground metres in the place's UTM zone, not EPSG:3857 units "
+    "footprint": "PointBuffer buffer_m is ground metres in the place's UTM zone, not EPSG:3857 units "
                  "(which shrink on the ground by cos(latitude))",
     "grid": "grid outputs are georeferenced: x/y are pixel-centre coordinates in the result's CRS, "
             "not row/column indices",
