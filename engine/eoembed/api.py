@@ -167,7 +167,7 @@ def get_embeddings_batch(
     emb, fetch_sensor, fetch_frames, window = _plan(
         model, temporal, sensor, fetch, output, frames, prep, device, weights, config
     )
-    provider, backend_record = open_source(source, backend, source_options)
+    provider, backend_record = open_source(source, backend, source_options, [emb])
     requests = [provider.request(s, window, fetch_sensor, fetch_frames) for s in places]
     observations = provider.fetch_many(requests, workers=workers)
     for i, obs in enumerate(observations):
@@ -183,6 +183,21 @@ def get_embeddings_batch(
         r.meta["collection"] = collection
         r.meta["conventions"] = CONVENTIONS
     return results
+
+
+def _products_only(models: Sequence[Any]) -> bool:
+    """True when every model (id, (id, config) or embedder) is a precomputed product."""
+    from .embedders.registry import embedder_class
+
+    def one(m: Any) -> bool:
+        if isinstance(m, Embedder):
+            return bool(getattr(m, "precomputed", False))
+        try:
+            return bool(getattr(embedder_class(m[0] if isinstance(m, tuple) else m)[0], "precomputed", False))
+        except EoembedError:
+            return False
+
+    return bool(models) and all(one(m) for m in models)
 
 
 def _one_prep(prep: InputPrep | str | None, input_prep: InputPrep | str | None) -> InputPrep | None:
@@ -299,7 +314,10 @@ def export_batch(
     unknown = sorted(set(options) - set(inspect.signature(run_export).parameters))
     if unknown:
         raise SpecError(f"export_batch does not take {', '.join(unknown)}; see help(eoembed.export_batch)")
-    chosen, opts, _ = choose_source(source, backend, source_options)
+    if source is None and backend in (None, "auto") and _products_only(names):
+        chosen, opts = "local", dict(source_options or {})  # run_export reads no imagery for them
+    else:
+        chosen, opts, _ = choose_source(source, backend, source_options)
     return run_export(
         places, temporal or ALL_TIME, names, out, outputs=outputs or "pooled", source=chosen,
         source_options=opts, executor=executor, scheduler=scheduler, **run, **options,

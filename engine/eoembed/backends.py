@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import SpecError
-from .providers import PROVIDERS, Provider, open_provider
+from .providers import PROVIDERS, Provider
 from .sensors import COLLECTION_IDS
 from .specs import SensorSpec
 
@@ -84,13 +85,25 @@ def open_source(
     source: str | Path | Provider | None,
     backend: str | None,
     source_options: dict[str, Any] | None,
+    embedders: Sequence[Any] = (),
 ) -> tuple[Provider, dict[str, Any]]:
-    """The opened provider and the ``meta["backend"]`` record of how it was chosen."""
-    chosen, options, why = choose_source(source, backend, source_options)
-    provider = open_provider(chosen, **options)
-    record = {"requested": backend or ("source" if source is not None else "auto"), "source": provider.name,
-              "why": why}
-    return provider, record
+    """The opened provider (product models routed to their readers) and the ``meta["backend"]``
+    record of how it was chosen."""
+    from .products import NoImagery, open_for, route_products
+
+    requested = backend or ("source" if source is not None else "auto")
+    if source is None and requested == "auto" and _all_products(embedders):
+        provider: Provider = NoImagery()
+        why = "auto: every model is a precomputed product, no imagery is read"
+    else:
+        chosen, options, why = choose_source(source, backend, source_options)
+        provider = open_for(chosen, options, embedders)
+    record = {"requested": requested, "source": provider.name, "why": why}
+    return route_products(provider, embedders), record
+
+
+def _all_products(embedders: Sequence[Any]) -> bool:
+    return bool(embedders) and all(getattr(e, "precomputed", False) for e in embedders)
 
 
 def collection_record(sensor: SensorSpec | None, provider: Provider) -> dict[str, Any] | None:

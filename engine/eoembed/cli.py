@@ -33,8 +33,10 @@ def _temporal(args: argparse.Namespace):
     return None
 
 
-def _source(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+def _source(args: argparse.Namespace, models: list[str] = ()) -> tuple[Any, dict[str, Any]]:
     if args.source == "local":
+        if not args.imagery and models and all(_is_product(m) for m in models):
+            return "local", {}  # products read their own data
         if not args.imagery:
             raise SpecError("--imagery PATH is needed with the local source (GeoTIFF/VRT files or folders)")
         return "local", {"paths": args.imagery}
@@ -44,6 +46,12 @@ def _source(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     if args.source == "gee" and args.ee_project:
         opts["project"] = args.ee_project
     return args.source, opts
+
+
+def _is_product(model: str) -> bool:
+    from .api import describe_model
+
+    return describe_model(model).precomputed
 
 
 def _safe_name(text: str) -> str:
@@ -98,7 +106,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     places = read_places(args.input, id_field=args.id_field, buffer_m=args.buffer)
     temporal = _temporal(args)
-    source, options = _source(args)
+    source, options = _source(args, [args.model])
     output = OutputSpec.grid() if args.output == "grid" else OutputSpec.pooled(args.pooling)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -110,6 +118,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
             res = get_embeddings_batch(
                 args.model, [p.spatial for p in chunk], temporal, output=output, source=source,
                 source_options=options, device=args.device, weights=args.weights,
+                model_config=_model_options(args.model_option, [args.model]).get(args.model.strip().lower()),
             )
             for p, e in zip(chunk, res):
                 if output.mode == "grid":
@@ -152,6 +161,33 @@ def _add_place_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--end", help="window end, ISO date (excluded)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
     p.add_argument("--weights", help="checkpoint override: hf:<repo>[@rev] or a local path")
+    p.add_argument("--model-option", action="append", default=[], metavar="[MODEL:]KEY=VALUE",
+                   help="a model option, e.g. alphaearth:layout=bucket or tessera:store=URL (repeatable)")
+
+
+def _model_options(items: list[str], models: list[str]) -> dict[str, dict[str, Any]]:
+    """``[MODEL:]KEY=VALUE`` options per model id (without MODEL: for every model given)."""
+    out: dict[str, dict[str, Any]] = {m.strip().lower(): {} for m in models}
+    for item in items:
+        head, eq, value = item.partition("=")
+        model, colon, key = head.rpartition(":")
+        if not eq or not key.strip():
+            raise SpecError(f"--model-option {item!r} must look like KEY=VALUE or MODEL:KEY=VALUE")
+        targets = [model.strip().lower()] if colon else list(out)
+        for t in targets:
+            if t not in out:
+                raise SpecError(f"--model-option {item!r} names model {model!r}, which is not among {', '.join(out)}")
+            out[t][key.strip()] = _option_value(value.strip())
+    return out
+
+
+def _option_value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -167,7 +203,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     for name in ("chunk_size", "workers"):
         if getattr(args, name) < 1:
             raise SpecError(f"--{name.replace('_', '-')} must be at least 1")
-    source, options = _source(args)
+    source, options = _source(args, models)
     executor, scheduler = ("dask", args.dask) if args.dask else ("thread", None)
     show = not args.quiet and sys.stderr.isatty()
     with tqdm(total=0, unit="item", disable=not show, dynamic_ncols=True) as bar:
@@ -183,7 +219,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             source_options=options, chunk_size=args.chunk_size, workers=args.workers, executor=executor,
             scheduler=scheduler, retries=args.retries, continue_on_error=not args.no_continue_on_error,
             progress=progress, device=args.device, weights=args.weights, id_field=args.id_field,
-            buffer_m=args.buffer,
+            buffer_m=args.buffer, model_config=_model_options(args.model_option, models),
         )
     print(summary)
     for f in summary.failures[:5]:

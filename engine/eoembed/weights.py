@@ -38,7 +38,7 @@ _NEVER_ALLOWED = {"os", "posix", "nt", "subprocess", "builtins", "sys", "shutil"
 
 
 def resolve(source: str | os.PathLike, filename: str | None = None, *,
-            sha256: str | None = None) -> Path:
+            sha256: str | None = None, repo_type: str = "model") -> Path:
     """Local path of a checkpoint file, downloading it through the Hub cache when allowed.
 
     ``source`` is one of:
@@ -54,10 +54,11 @@ def resolve(source: str | os.PathLike, filename: str | None = None, *,
     - a local folder: ``filename`` is joined to it.
 
     ``sha256`` given: the file's digest is verified and a mismatch raises WeightsError.
+    ``repo_type="dataset"`` resolves a file of a Hub dataset (precomputed products).
     """
     text = os.fspath(source)
     if text.startswith(HF_PREFIX):
-        path = _resolve_hf(text[len(HF_PREFIX):], filename)
+        path = _resolve_hf(text[len(HF_PREFIX):], filename, repo_type)
     else:
         path = _resolve_local(Path(text).expanduser(), filename)
     if sha256 is not None:
@@ -131,7 +132,7 @@ def _hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def _resolve_hf(spec: str, filename: str | None) -> Path:
+def _resolve_hf(spec: str, filename: str | None, repo_type: str = "model") -> Path:
     repo, revision = _parse_hf(spec)
     if not filename:
         raise WeightsError(
@@ -149,7 +150,7 @@ def _resolve_hf(spec: str, filename: str | None) -> Path:
     cache_dir = _hub_cache_dir()
     try:
         return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir,
-                                    local_files_only=True))
+                                    local_files_only=True, repo_type=repo_type))
     except Exception as exc:  # not cached (LocalEntryNotFoundError and kin across versions)
         cache_miss = exc
 
@@ -166,7 +167,7 @@ def _resolve_hf(spec: str, filename: str | None) -> Path:
     endpoint = os.environ.get("EOEMBED_HF_ENDPOINT") or None
     try:
         return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir,
-                                    endpoint=endpoint))
+                                    endpoint=endpoint, repo_type=repo_type))
     except Exception as exc:
         raise WeightsError(
             f"Could not download {filename!r} of {repo}{'@' + revision if revision else ''}"

@@ -64,12 +64,20 @@ def _provider(job: dict[str, Any]) -> Any:
     kind = src.pop("kind", "local")
     if kind == "local":
         paths = src.get("paths") or []
+        if not paths and _precomputed(job["model"]):
+            return "local"  # a precomputed product reads its own data: no imagery needed
         return open_provider("local", paths=paths)
     if kind == "stac":
         return open_provider("stac", **{k: v for k, v in src.items() if v not in (None, "")})
     if kind == "gee":
         return open_provider("gee", **{k: v for k, v in src.items() if v not in (None, "")})
     raise ValueError(f"imagery source kind {kind!r} must be local, stac or gee")
+
+
+def _precomputed(model: str) -> bool:
+    import eoembed
+
+    return bool(eoembed.describe_model(model).precomputed)
 
 
 def _places(job: dict[str, Any]) -> tuple[list[Any], list[dict[str, str]]]:

@@ -66,6 +66,8 @@ class ModelCard:
     precomputed: bool = False
     #: the licence forbids commercial use (CC BY-NC and the like)
     noncommercial: bool = False
+    #: the attribution the data's licence asks for (products), shown wherever results are
+    attribution: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

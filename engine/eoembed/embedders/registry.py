@@ -24,6 +24,9 @@ _MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "galileo-tiny": ("galileo", "GalileoEmbedder", {"size": "tiny"}),
     "galileo-base": ("galileo", "GalileoEmbedder", {"size": "base"}),
     "presto": ("presto", "PrestoEmbedder", {}),
+    "alphaearth": ("products", "AlphaEarthEmbedder", {}),
+    "tessera": ("products", "TesseraEmbedder", {}),
+    "copernicus-embed": ("products", "CopernicusEmbedEmbedder", {}),
 }
 
 #: alias → canonical id. Through an alias the target's fixed config is only a default, so
@@ -32,6 +35,7 @@ _ALIASES: dict[str, str] = {
     "remoteclip": "remoteclip-vit-b-32",
     "msclip": "llama3-ms-clip-base",
     "galileo": "galileo-nano",
+    "gse": "alphaearth",
 }
 
 #: rs-embed's model ids → eoembed's (the first candidate registered here wins). An id whose model

@@ -8,7 +8,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ..errors import SpecError
-from ..providers import Provider, open_provider
+from ..products import open_for, route_products
+from ..providers import Provider
 from ..specs import InputPrep, TemporalSpec
 from .fetch import fetch_chunk
 from .inference import ItemResult, infer_chunk
@@ -20,12 +21,13 @@ _WORKER_PROVIDERS: dict[str, Provider] = {}
 _WORKER_LOCK = threading.Lock()
 
 
-def _worker_provider(source: Any, options: dict[str, Any]) -> Provider:
-    key = repr((str(source), sorted(options.items())))
+def _worker_provider(source: Any, options: dict[str, Any], embedders: Sequence[Any] = ()) -> Provider:
+    products_only = bool(embedders) and all(getattr(e, "precomputed", False) for e in embedders)
+    key = repr((str(source), sorted(options.items()), products_only))
     with _WORKER_LOCK:
         prov = _WORKER_PROVIDERS.get(key)
         if prov is None:
-            prov = _WORKER_PROVIDERS[key] = open_provider(source, **options)
+            prov = _WORKER_PROVIDERS[key] = open_for(source, options, embedders)
         return prov
 
 
@@ -41,7 +43,9 @@ def run_chunk_on_worker(
 ) -> list[ItemResult]:
     """Fetch and infer one chunk inside a Dask worker (the provider and models are cached there);
     fetching runs ahead of inference slice by slice, as in the threaded executor."""
-    provider = source if isinstance(source, Provider) else _worker_provider(source, options)
+    embedders = [j.embedder() for j in jobs]
+    provider = source if isinstance(source, Provider) else _worker_provider(source, options, embedders)
+    provider = route_products(provider, embedders)
     size = slice_size(jobs, len(task.places), threads)
     broken: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="eoembed-fetch") as pool:

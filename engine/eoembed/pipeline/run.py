@@ -19,7 +19,8 @@ from ..export.atomic import atomic_path
 from ..export.layout import RUN_NAME
 from ..export.manifest import MANIFEST_NAME, Manifest
 from ..features import Place
-from ..providers import Provider, open_provider
+from ..products import open_for, route_products
+from ..providers import Provider
 from ..specs import FrameSpec, InputPrep, OutputSpec, SensorSpec, SpatialSpec, TemporalSpec
 from .consolidate import consolidate_grids, consolidate_pooled
 from .dask_executor import run_dask
@@ -119,8 +120,9 @@ def run_export(
                        device=device, weights=weights, model_config=model_config)
     if executor == "dask" and any(isinstance(j.model, Embedder) for j in jobs):
         raise SpecError("executor='dask' needs model ids (strings), not Embedder instances, so workers can build them")
-    provider = open_provider(source, **(source_options or {}))
+    provider = open_for(source, source_options, [j.embedder() for j in jobs])
     provider_sig = json.dumps(provider.describe(), sort_keys=True, default=str)
+    provider = route_products(provider, [j.embedder() for j in jobs])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     clean_partial_files(out)
