@@ -4,7 +4,8 @@ sentence naming what is missing — never a TypeError or AttributeError.
 
 The snippets follow rs-embed's README, quickstart, model pages (RemoteCLIP, AnySat), the API
 pages (specs, export, load, user data). Offline here: local imagery comes from
-``$EOEMBED_IMAGERY`` (the shared tiles), the Hugging Face Hub is off.
+``$EOEMBED_IMAGERY`` (the shared tiles), the Hugging Face Hub is off and HTTP goes to a closed
+local port, so products and weights are never downloaded.
 """
 
 from __future__ import annotations
@@ -217,6 +218,10 @@ assert "galileo-nano" in [r["model"] for r in report if r["compatible"]]
 def offline(monkeypatch, real_tiles, tmp_path):
     monkeypatch.setenv("EOEMBED_IMAGERY", str(real_tiles[0].parent))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "GDAL_HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # nothing listens: no download, even online
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no Earth Engine credentials, no weight cache
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
