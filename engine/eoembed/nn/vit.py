@@ -5,11 +5,18 @@ MLP and the pre-norm residual block) carry exactly the parameter names of OpenAI
 open_clip (``attn.in_proj_weight``, ``attn.in_proj_bias``, ``attn.out_proj.*``, ``ln_1``,
 ``ln_2``, ``mlp.c_fc``, ``mlp.c_proj``), so any checkpoint written in that layout loads into them
 by name. Other ViT families reuse them where their layout matches.
+
+Options that timm-style ViTs need (all off by default, so CLIP keys and numbers are unchanged):
+``eps`` of the LayerNorms (MAE-family models use 1e-6), ``qkv_bias`` / ``proj_bias`` /
+``mlp_bias`` (a layer without bias has no ``.bias`` key) and ``layer_scale`` (DINOv2-style
+per-channel scales ``ls_1.gamma`` / ``ls_2.gamma`` on both residual branches). The mapping of
+timm checkpoint keys onto these names lives in :mod:`eoembed.nn.timm_vit`.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -77,16 +84,22 @@ class FusedSelfAttention(nn.Module):
     Args:
         width: token width W.
         heads: number of heads; must divide W.
+        qkv_bias: the fused projection has a bias (``in_proj_bias``); else no such key.
+        proj_bias: the output projection has a bias.
     """
 
-    def __init__(self, width: int, heads: int) -> None:
+    def __init__(self, width: int, heads: int, *, qkv_bias: bool = True,
+                 proj_bias: bool = True) -> None:
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
         self.heads = heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
-        self.out_proj = nn.Linear(width, width)
+        if qkv_bias:
+            self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        else:
+            self.register_parameter("in_proj_bias", None)
+        self.out_proj = nn.Linear(width, width, bias=proj_bias)
         nn.init.xavier_uniform_(self.in_proj_weight)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
@@ -105,50 +118,83 @@ class FusedSelfAttention(nn.Module):
 class Mlp(nn.Module):
     """Two-layer feed-forward ``c_fc → act → c_proj`` (hidden = mlp_ratio · width)."""
 
-    def __init__(self, width: int, mlp_ratio: float = 4.0, act: str = "gelu") -> None:
+    def __init__(self, width: int, mlp_ratio: float = 4.0, act: str = "gelu", *,
+                 bias: bool = True) -> None:
         super().__init__()
         hidden = int(width * mlp_ratio)
-        self.c_fc = nn.Linear(width, hidden)
+        self.c_fc = nn.Linear(width, hidden, bias=bias)
         self.act = activation(act)
-        self.c_proj = nn.Linear(hidden, width)
+        self.c_proj = nn.Linear(hidden, width, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         """``[..., W]`` → ``[..., W]``."""
         return self.c_proj(self.act(self.c_fc(x)))
 
 
+class LayerScale(nn.Module):
+    """Per-channel scale of a residual branch (CaiT / DINOv2): ``x · gamma``."""
+
+    def __init__(self, width: int, init_value: float = 1e-5) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((width,), float(init_value)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
 class ResidualAttentionBlock(nn.Module):
     """Pre-norm transformer block: ``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))``.
+
+    With `layer_scale` each branch is multiplied by a learned per-channel ``gamma`` first
+    (``ls_1``, ``ls_2``).
 
     Args:
         width: token width.
         heads: attention heads.
         mlp_ratio: MLP hidden width over token width.
         act: MLP activation, 'quick_gelu' (OpenAI-trained weights) or 'gelu'.
+        eps: LayerNorm epsilon (PyTorch's 1e-5 by default; MAE-family ViTs use 1e-6).
+        qkv_bias: the fused q/k/v projection has a bias.
+        proj_bias: the attention output projection has a bias.
+        mlp_bias: both MLP layers have biases.
+        layer_scale: initial LayerScale value, or None for no LayerScale.
     """
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, act: str = "gelu") -> None:
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, act: str = "gelu", *,
+                 eps: float = 1e-5, qkv_bias: bool = True, proj_bias: bool = True,
+                 mlp_bias: bool = True, layer_scale: float | None = None) -> None:
         super().__init__()
-        self.ln_1 = LayerNorm(width)
-        self.attn = FusedSelfAttention(width, heads)
-        self.ln_2 = LayerNorm(width)
-        self.mlp = Mlp(width, mlp_ratio, act)
+        self.ln_1 = LayerNorm(width, eps=eps)
+        self.attn = FusedSelfAttention(width, heads, qkv_bias=qkv_bias, proj_bias=proj_bias)
+        self.ln_2 = LayerNorm(width, eps=eps)
+        self.mlp = Mlp(width, mlp_ratio, act, bias=mlp_bias)
+        if layer_scale is not None:
+            self.ls_1 = LayerScale(width, layer_scale)
+            self.ls_2 = LayerScale(width, layer_scale)
+        else:
+            self.ls_1 = self.ls_2 = None
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         """``x [B, N, W]`` → ``[B, N, W]``."""
-        x = x + self.attn(self.ln_1(x), attn_mask=attn_mask, is_causal=is_causal)
-        return x + self.mlp(self.ln_2(x))
+        y = self.attn(self.ln_1(x), attn_mask=attn_mask, is_causal=is_causal)
+        x = x + (self.ls_1(y) if self.ls_1 is not None else y)
+        y = self.mlp(self.ln_2(x))
+        return x + (self.ls_2(y) if self.ls_2 is not None else y)
 
 
 class Transformer(nn.Module):
-    """A stack of :class:`ResidualAttentionBlock` stored as ``resblocks.{i}``."""
+    """A stack of :class:`ResidualAttentionBlock` stored as ``resblocks.{i}``.
+
+    Keyword options (``eps``, ``qkv_bias``, …) are passed to every block.
+    """
 
     def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0,
-                 act: str = "gelu") -> None:
+                 act: str = "gelu", **block_options: Any) -> None:
         super().__init__()
         self.width = width
         self.resblocks = nn.ModuleList(
-            ResidualAttentionBlock(width, heads, mlp_ratio, act) for _ in range(layers)
+            ResidualAttentionBlock(width, heads, mlp_ratio, act, **block_options)
+            for _ in range(layers)
         )
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
