@@ -306,3 +306,33 @@ def test_point_buffer_in_degrees_matches_the_utm_square(models, tile):
                               source=str(tile["path"]))
     b = eoembed.get_embedding(models["rcf"], PointBuffer(lon, lat, 320), WINDOW, source=str(tile["path"]))
     np.testing.assert_array_equal(a.to_numpy(), b.to_numpy())
+
+
+def test_vit_family_array_and_file_give_identical_embeddings(monkeypatch, tile, tmp_path):
+    """Prithvi-EO-2.0 tiny-TL (published size) and SatMAE, SatMAE++ (S2), Scale-MAE at a reduced
+    width, all in their published checkpoint layouts (tests/engine/vit_layouts.py)."""
+    from eoembed.embedders.prithvi import PRESETS
+    from eoembed.embedders.satmae import SatMAEEmbedder
+    from eoembed.embedders.satmaepp import SatMAEPPEmbedder
+    from eoembed.nn.mae import MAEConfig
+    from vit_layouts import mae_state, prithvi_state
+
+    rgb = MAEConfig(width=64, depth=2, heads=4)
+    s2 = MAEConfig(width=64, depth=2, heads=4, img_size=96, patch_size=8, in_chans=10, channel_dim=16,
+                   groups=((0, 1, 2, 6), (3, 4, 5, 7), (8, 9)))
+    monkeypatch.setattr(SatMAEEmbedder, "encoder_config", lambda self: rgb)
+    monkeypatch.setattr(SatMAEPPEmbedder, "encoder_config", lambda self: s2 if self.variant == "s2" else rgb)
+    torch.save(prithvi_state(PRESETS["tiny-tl"], 1, seed=3), tmp_path / "prithvi.pt")
+    torch.save({"model": mae_state(rgb, "satmae", seed=5), "epoch": 1}, tmp_path / "satmae.pth")
+    torch.save({"model": mae_state(s2, "group", seed=5), "epoch": 1}, tmp_path / "s2.pth")
+    torch.save(mae_state(rgb, "scalemae", seed=5), tmp_path / "scalemae.pth")
+    pixels, t, box = _crop(tile, 32, 48)
+    fetch = eoembed.FetchSpec(scale_m=10)  # the array is at 10 m; read the file at 10 m too
+    for model, ckpt in [("prithvi-eo-2.0-tiny-tl", "prithvi.pt"), ("satmae", "satmae.pth"),
+                        ("satmaepp-s2", "s2.pth"), ("scalemae", "scalemae.pth")]:
+        emb = build_embedder(model, weights=str(tmp_path / ckpt))
+        for output in (OutputSpec.pooled(), OutputSpec.grid()):
+            fetched = _from_file(emb, tile, box, output, fetch=fetch)
+            given = eoembed.get_embedding_from_data(emb, pixels, bands=tile["bands"], crs=tile["crs"],
+                                                    transform=t, temporal=WINDOW, output=output)
+            _same(fetched, given)
