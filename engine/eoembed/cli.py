@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,12 +55,6 @@ def _is_product(model: str) -> bool:
     return describe_model(model).precomputed
 
 
-def _safe_name(text: str) -> str:
-    """A file-name-safe version of a feature id."""
-    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text)).strip("._")
-    return (keep or "item")[:120]
-
-
 def cmd_models(args: argparse.Namespace) -> int:
     from .api import describe_model, list_models
 
@@ -100,19 +95,23 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .api import get_embeddings_batch
-    from .export import write_geoparquet, write_geotiff
-    from .features import read_places
+    from .embedders.registry import get_embedder
+    from .export import safe_name, write_geoparquet, write_geotiff
+    from .export.outdir import output_folder
+    from .features import read_places, require_unique_ids
+    from .preflight import check_model_loads
     from .specs import OutputSpec
 
     places = read_places(args.input, id_field=args.id_field, buffer_m=args.buffer)
+    require_unique_ids(places)
     temporal = _temporal(args)
     source, options = _source(args, [args.model])
+    check_model_loads(args.model, get_embedder(args.model, device=args.device, weights=args.weights))
     output = OutputSpec.grid() if args.output == "grid" else OutputSpec.pooled(args.pooling)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     vectors, done = [], []
     step = max(1, args.chunk_size)
-    with tqdm(total=len(places), unit="place", disable=args.quiet or not sys.stderr.isatty()) as bar:
+    with output_folder(args.out) as out, \
+            tqdm(total=len(places), unit="place", disable=args.quiet or not sys.stderr.isatty()) as bar:
         for i in range(0, len(places), step):
             chunk = places[i : i + step]
             res = get_embeddings_batch(
@@ -122,19 +121,20 @@ def cmd_embed(args: argparse.Namespace) -> int:
             )
             for p, e in zip(chunk, res):
                 if output.mode == "grid":
-                    write_geotiff(e, out / f"{_safe_name(p.id)}.tif")
+                    write_geotiff(e, out / f"{safe_name(p.id)}.tif")
                 else:
                     vectors.append(e.to_numpy())
                 done.append((p, e.meta))
             bar.update(len(chunk))
-    if output.mode == "pooled":
-        import numpy as np
+        if output.mode == "pooled":
+            import numpy as np
 
-        meta = {"model": args.model, "window": done[0][1].get("window"), "meta": done[0][1]}
-        path = write_geoparquet(
-            out / f"{_safe_name(args.model)}_pooled.parquet", [p.id for p, _ in done],
-            [p.geometry for p, _ in done], np.stack(vectors), places[0].crs, model=args.model, meta=meta,
-        )
+            meta = {"model": args.model, "window": done[0][1].get("window"), "meta": done[0][1]}
+            path = write_geoparquet(
+                out / f"{safe_name(args.model)}_pooled.parquet", [p.id for p, _ in done],
+                [p.geometry for p, _ in done], np.stack(vectors), places[0].crs, model=args.model, meta=meta,
+            )
+    if output.mode == "pooled":
         print(f"wrote {len(done)} embeddings of {vectors[0].shape[0]} dims to {path}")
     else:
         print(f"wrote {len(done)} grid GeoTIFFs to {out}")
@@ -194,6 +194,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .api import export_batch
+    from .export.outdir import output_folder
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models:
@@ -214,13 +215,14 @@ def cmd_export(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
             bar.set_postfix(ok=info.get("ok"), failed=info.get("failed"), skipped=info.get("skipped"), refresh=False)
 
-        summary = export_batch(
-            args.input, _temporal(args), models, args.out, outputs=args.output, source=source,
-            source_options=options, chunk_size=args.chunk_size, workers=args.workers, executor=executor,
-            scheduler=scheduler, retries=args.retries, continue_on_error=not args.no_continue_on_error,
-            progress=progress, device=args.device, weights=args.weights, id_field=args.id_field,
-            buffer_m=args.buffer, model_config=_model_options(args.model_option, models),
-        )
+        with output_folder(args.out) as out:
+            summary = export_batch(
+                args.input, _temporal(args), models, out, outputs=args.output, source=source,
+                source_options=options, chunk_size=args.chunk_size, workers=args.workers, executor=executor,
+                scheduler=scheduler, retries=args.retries, continue_on_error=not args.no_continue_on_error,
+                progress=progress, device=args.device, weights=args.weights, id_field=args.id_field,
+                buffer_m=args.buffer, model_config=_model_options(args.model_option, models),
+            )
     print(summary)
     for f in summary.failures[:5]:
         print(f"  failed: {f['id']} × {f['model']} at {f['stage']}: {f['error']}", file=sys.stderr)
@@ -284,6 +286,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``eoembed`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        # rasterio can report GDAL's note about another thread's in-memory mask dataset as a
+        # NotGeoreferencedWarning (results are unaffected); it is not the user's business
+        from rasterio.errors import NotGeoreferencedWarning
+
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except EoembedError as exc:

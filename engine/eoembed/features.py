@@ -6,6 +6,8 @@ Points become :class:`PointBuffer` squares (``buffer_m`` half-side), polygons be
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ def read_places(
         raise SpecError(f"could not read {p.name} as a vector file ({exc})") from exc
     if not meta.get("crs"):
         raise SpecError(f"{p.name} has no CRS; set one (e.g. EPSG:4326) in the file")
+    _check_geojson_crs_member(p)
     crs = crs_string(parse_crs(meta["crs"]))
     names = [str(n) for n in meta.get("fields", [])]
     if id_field is not None and id_field not in names:
@@ -60,6 +63,47 @@ def read_places(
     if not places:
         raise SpecError(f"{p.name} has no features")
     return places
+
+
+def require_unique_ids(places: Sequence[Place]) -> None:
+    """SpecError when two places share an id (every command refuses them the same way)."""
+    seen: dict[str, int] = {}
+    for i, p in enumerate(places):
+        if p.id in seen:
+            raise SpecError(
+                f"places #{seen[p.id]} and #{i} share the id {p.id!r}; ids must be unique (use another id field)"
+            )
+        seen[p.id] = i
+
+
+_GEOJSON_CHECK_MAX_BYTES = 64 * 2**20
+
+
+def _check_geojson_crs_member(p: Path) -> None:
+    """A GeoJSON ``crs`` member that names no CRS is an error (GDAL would silently read
+    the file as EPSG:4326 instead)."""
+    if p.suffix.lower() not in (".geojson", ".json") or p.stat().st_size > _GEOJSON_CHECK_MAX_BYTES:
+        return
+    try:
+        doc = json.loads(p.read_bytes())
+    except (ValueError, OSError):
+        return  # GDAL read it; whatever it is, it has no crs member to check
+    member = doc.get("crs") if isinstance(doc, dict) else None
+    if member is None:
+        return
+    props = member.get("properties") if isinstance(member, dict) else None
+    props = props if isinstance(props, dict) else {}
+    name = props.get("name") or (f"EPSG:{props['code']}" if props.get("code") is not None else None)
+    try:
+        if not name:
+            raise SpecError("no name")
+        parse_crs(str(name))
+    except SpecError:
+        shown = json.dumps(member)[:120]
+        raise SpecError(
+            f'{p.name}: its "crs" member {shown} names no coordinate reference system eoembed can read; '
+            "fix it (e.g. \"urn:ogc:def:crs:EPSG::32633\") or remove it if the coordinates are lon/lat"
+        ) from None
 
 
 def place_from_geometry(fid: str, geom: shapely.Geometry, crs: Any, buffer_m: float) -> Place:

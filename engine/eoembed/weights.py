@@ -7,6 +7,7 @@ import importlib
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from eoembed.errors import WeightsError
 
 __all__ = [
     "HF_PREFIX",
+    "SAFE_DATA_CLASSES",
     "extract_state_dict",
     "file_sha256",
     "load_checkpoint",
@@ -30,8 +32,6 @@ HF_PREFIX = "hf:"
 
 _TRUTHY = {"1", "on", "yes", "true"}
 _SHOWN = 5  # how many offending keys an error message names
-_NEVER_ALLOWED = {"os", "posix", "nt", "subprocess", "builtins", "sys", "shutil", "importlib",
-                  "runpy", "pty", "socket", "code", "codeop", "webbrowser", "ctypes", "pickle"}
 
 
 # --------------------------------------------------------------------------- resolution
@@ -165,6 +165,12 @@ def _resolve_hf(spec: str, filename: str | None, repo_type: str = "model") -> Pa
             f"HF_HUB_OFFLINE is set: {hint}."
         ) from cache_miss
     endpoint = os.environ.get("EOEMBED_HF_ENDPOINT") or None
+    unreachable = _unreachable(endpoint or "https://huggingface.co")
+    if unreachable:
+        raise WeightsError(
+            f"Could not download {filename!r} of {repo}{'@' + revision if revision else ''}: the weights "
+            f"server {unreachable}: {hint}."
+        )
     try:
         return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir,
                                     endpoint=endpoint, repo_type=repo_type))
@@ -174,6 +180,33 @@ def _resolve_hf(spec: str, filename: str | None, repo_type: str = "model") -> Pa
             f"{' from ' + endpoint if endpoint else ''} ({type(exc).__name__}: "
             f"{_first_line(exc)}): {hint}."
         ) from exc
+
+
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _unreachable(endpoint: str, timeout: float = 5.0) -> str | None:
+    """Why the server at `endpoint` cannot be reached (a few seconds at most), or None.
+
+    Without this, the Hub client retries a dead server for half a minute, logging each retry.
+    Behind a proxy the client's own connection decides, so nothing is checked.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v) for v in _PROXY_VARS):
+        return None
+    url = urlparse(endpoint)
+    if not url.hostname:
+        return None
+    port = url.port or (443 if url.scheme == "https" else 80)
+    from eoembed.providers.redact import redact
+
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{redact(endpoint)} cannot be reached ({exc.strerror or type(exc).__name__})"
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -193,16 +226,29 @@ def file_sha256(path: str | os.PathLike) -> str:
 # --------------------------------------------------------------------------- safe loading
 
 
+#: The only Python classes a checkpoint may hold beyond tensors, containers and primitives:
+#: plain data whose unpickling runs no code of the file's choosing (an attribute bag, arrays).
+SAFE_DATA_CLASSES: dict[str, str] = {
+    "argparse.Namespace": "argparse:Namespace",
+    "numpy.core.multiarray._reconstruct": "numpy.core.multiarray:_reconstruct",
+    "numpy._core.multiarray._reconstruct": "numpy.core.multiarray:_reconstruct",
+    "numpy.core.multiarray.scalar": "numpy.core.multiarray:scalar",
+    "numpy._core.multiarray.scalar": "numpy.core.multiarray:scalar",
+    "numpy.ndarray": "numpy:ndarray",
+    "numpy.dtype": "numpy:dtype",
+}
+
+
 def load_checkpoint(path: str | os.PathLike, *, allow: Iterable[str] = ()) -> Any:
     """Read a checkpoint without ever running arbitrary pickled code.
 
     ``*.safetensors`` files are read with safetensors. Anything else goes through
     ``torch.load(weights_only=True)``, torch's restricted unpickler that admits tensors,
-    containers and primitive types only. When that refuses a global the checkpoint needs,
-    and the caller vouches for it by naming it in ``allow`` (e.g. ``"argparse.Namespace"``),
-    the load is retried with the same restricted unpickler admitting exactly those extra
-    classes; a global outside the list is refused with WeightsError, never executed. Tensors
-    land on the CPU.
+    containers and primitive types only. A model whose published checkpoint also holds plain
+    data objects names them in ``allow`` (e.g. ``"argparse.Namespace"``); only names in
+    :data:`SAFE_DATA_CLASSES` are accepted there, so no callable (``io.open``, ``os.system``,
+    ``eval`` …) can ever be admitted. A refused object is a WeightsError that names it and
+    says to convert the file, never to admit it. Tensors land on the CPU.
     """
     path = Path(path)
     if not path.is_file():
@@ -216,43 +262,29 @@ def load_checkpoint(path: str | os.PathLike, *, allow: Iterable[str] = ()) -> An
             raise WeightsError(
                 f"Checkpoint {path} is not a readable safetensors file ({_first_line(exc)}): "
                 "fetch it again."
-            ) from exc
-    allowed = tuple(allow)
+            ) from None
+    extra = [_import_allowed(name) for name in allow]
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings(), torch.serialization.safe_globals(extra):
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols are not the user's business
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         refused = _refused_global(exc)
         if refused is None:
             raise WeightsError(
-                f"Checkpoint {path} could not be read ({_first_line(exc)}): the file is corrupt "
-                "or not a torch checkpoint; fetch it again."
-            ) from exc
-        if not allowed:
-            raise WeightsError(
-                f"Checkpoint {path} needs the Python object {refused} that safe "
-                "loading refuses: if you trust the file, pass allow=[that name]."
-            ) from exc
+                f"Checkpoint {path} could not be read (the restricted unpickler met data it does not "
+                "accept): the file is corrupt or not a torch checkpoint; fetch it again."
+            ) from None
+        raise WeightsError(
+            f"Checkpoint {path} holds the Python object {refused}, which is not plain data that can "
+            "be loaded safely, so it is refused; use a safetensors or plain state-dict version of "
+            "the checkpoint."
+        ) from None
     except Exception as exc:
         raise WeightsError(
-            f"Checkpoint {path} could not be read ({type(exc).__name__}: {_first_line(exc)}): "
-            "the file is corrupt or not a torch checkpoint; fetch it again."
-        ) from exc
-    extra = [_import_allowed(name) for name in allowed]
-    try:
-        with torch.serialization.safe_globals(extra):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        refused = _refused_global(exc)
-        raise WeightsError(
-            f"Checkpoint {path} needs the Python object {refused or '(unknown)'}, which is not "
-            f"in the allow-list {list(allowed)}: refusing to unpickle it; add it only if you "
-            "trust the file."
-        ) from exc
-    except Exception as exc:
-        raise WeightsError(
-            f"Checkpoint {path} could not be read ({type(exc).__name__}: {_first_line(exc)}): "
-            "the file is corrupt or not a torch checkpoint; fetch it again."
-        ) from exc
+            f"Checkpoint {path} could not be read ({type(exc).__name__}): the file is corrupt or "
+            "not a torch checkpoint; fetch it again."
+        ) from None
 
 
 def _refused_global(exc: BaseException) -> str | None:
@@ -261,25 +293,18 @@ def _refused_global(exc: BaseException) -> str | None:
 
 
 def _import_allowed(name: str) -> Any:
-    module_name, _, attr = name.rpartition(".")
-    if not module_name:
+    """The class named by an allow-list entry; only :data:`SAFE_DATA_CLASSES` are admitted."""
+    target = SAFE_DATA_CLASSES.get(str(name))
+    if target is None:
         raise WeightsError(
-            f"Allow-list entry {name!r} is not a dotted 'module.Class' name: spell it in full."
+            f"Allow-list entry {name!r} is not one of the plain data classes that can be "
+            f"unpickled safely ({', '.join(sorted(SAFE_DATA_CLASSES))}): it is never admitted."
         )
-    if module_name.split(".")[0] in _NEVER_ALLOWED:
-        raise WeightsError(
-            f"Allow-list entry {name!r} could run arbitrary code and is never admitted: a "
-            "checkpoint that needs it is not safe to load."
-        )
-    try:
+    module_name, _, attr = target.partition(":")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numpy.core is a deprecated alias in numpy 2
         obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise WeightsError(
-            f"Allow-list entry {name!r} does not name an importable object: fix the name."
-        ) from exc
-    return obj
+    return getattr(obj, attr)
 
 
 # --------------------------------------------------------------------------- state dicts

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import builtins
 import hashlib
+import io
 import os
+import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from eoembed.errors import WeightsError
 from eoembed.weights import (
+    SAFE_DATA_CLASSES,
     extract_state_dict,
     file_sha256,
     load_checkpoint,
@@ -191,3 +196,57 @@ def test_load_into_names_missing_unexpected_and_shape_mismatch():
     bad["0.weight"] = torch.zeros(2, 2)
     with pytest.raises(WeightsError, match="shape mismatch"):
         load_into(net, bad, strict=False)
+
+
+class _Call:
+    """Pickles into a call of any function: the payloads of a hostile checkpoint."""
+
+    def __init__(self, fn, *args) -> None:
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return (self.fn, self.args)
+
+
+def _payloads(marker):
+    return {
+        "io.open": _Call(io.open, str(marker), "w"),
+        "os.system": _Call(os.system, f"touch {marker}"),
+        "builtins.eval": _Call(builtins.eval, f"open({str(marker)!r}, 'w')"),
+        "builtins.exec": _Call(builtins.exec, f"open({str(marker)!r}, 'w')"),
+        "subprocess.call": _Call(subprocess.call, ["touch", str(marker)]),
+    }
+
+
+@pytest.mark.parametrize("name", ["io.open", "os.system", "builtins.eval", "builtins.exec", "subprocess.call"])
+@pytest.mark.parametrize("how", ["refused", "allowed by name", "allowed by its own module"])
+def test_no_callable_can_be_talked_into_the_unpickler(tmp_path, name, how):
+    marker = tmp_path / "pwned"
+    payload = _payloads(marker)[name]
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {"w": torch.ones(1)}, "x": payload}, path)
+    fn = payload.fn
+    allow = {"refused": [], "allowed by name": [name],
+             "allowed by its own module": [f"{fn.__module__}.{fn.__qualname__}"]}[how]
+    with pytest.raises(WeightsError) as err:
+        load_checkpoint(path, allow=allow)
+    msg = str(err.value)
+    assert not marker.exists()
+    assert "allow" not in msg.replace("Allow-list entry", "") and "weights_only" not in msg
+    assert "\n" not in msg and ("never admitted" in msg if allow else "refused" in msg)
+
+
+def test_only_known_plain_data_classes_can_be_allowed():
+    assert "argparse.Namespace" in SAFE_DATA_CLASSES
+    for name in ("collections.Counter", "functools.partial", "torch.nn.Linear", "pathlib.Path"):
+        with pytest.raises(WeightsError, match="never admitted"):
+            load_checkpoint(__file__, allow=[name])
+
+
+def test_random_bytes_are_refused_without_torchs_unsafe_hint(tmp_path):
+    path = _write(tmp_path / "noise.pt", bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8)))
+    with pytest.raises(WeightsError) as err:
+        load_checkpoint(path)
+    msg = str(err.value)
+    assert "weights_only" not in msg and "trust" not in msg and "\n" not in msg
+    assert "corrupt or not a torch checkpoint" in msg

@@ -18,6 +18,7 @@ import shapely
 from pyproj import CRS
 
 from ..errors import ExportError
+from ..providers.redact import redact, scrub
 from .atomic import atomic_path
 
 
@@ -46,7 +47,7 @@ def write_geoparquet(
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), d),
     }
     for name, vals in (columns or {}).items():
-        table_cols[name] = pa.array(list(vals))
+        table_cols[name] = pa.array([redact(v) if isinstance(v, str) else v for v in vals])
     table_cols["geometry"] = pa.array(list(wkb), pa.binary())
     table = pa.table(table_cols)
     types = sorted({g.geom_type for g in geometries if g is not None})
@@ -63,7 +64,7 @@ def write_geoparquet(
             }
         },
     }
-    kv = {b"geo": json.dumps(geo).encode(), b"eoembed": json.dumps(meta or {}, default=str).encode()}
+    kv = {b"geo": json.dumps(geo).encode(), b"eoembed": json.dumps(scrub(meta or {}), default=str).encode()}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **kv})
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -13,6 +13,7 @@ from rasterio.crs import CRS
 from ..embedding import Embedding, grid_dataarray
 from ..errors import ExportError
 from ..grid import GridSpec
+from ..providers.redact import scrub
 from .atomic import atomic_path
 
 NODATA = float("nan")
@@ -37,7 +38,7 @@ def write_geotiff(embedding: Embedding, path: str | Path, *, compress: str = "de
         dst.write(data)
         for i, name in enumerate(embedding.data.coords["band"].values, start=1):
             dst.set_band_description(i, str(name))
-        dst.update_tags(eoembed_meta=json.dumps(embedding.meta, default=str))
+        dst.update_tags(eoembed_meta=json.dumps(scrub(embedding.meta), default=str))
     return path
 
 

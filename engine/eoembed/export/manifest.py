@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError
+from ..providers.redact import scrub
 
 MANIFEST_NAME = "manifest.jsonl"
 
@@ -49,7 +50,7 @@ class Manifest:
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
         """Append `records` in one write and fsync them (durable once this returns)."""
-        lines = [json.dumps(r, default=str, separators=(",", ":")) for r in records]
+        lines = [json.dumps(scrub(r), default=str, separators=(",", ":")) for r in records]
         if not lines:
             return
         blob = ("\n".join(lines) + "\n").encode()

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExportError
+from ..providers.redact import scrub
 from .atomic import atomic_path
 
 
@@ -30,7 +31,7 @@ def write_npz(
         "ids": np.array([str(i) for i in ids], dtype=str),
         "vectors": vectors,
         "model": np.array(model),
-        "meta": np.array(json.dumps(meta or {}, default=str)),
+        "meta": np.array(json.dumps(scrub(meta or {}), default=str)),
         **(arrays or {}),
     }
     path = Path(path)

@@ -20,6 +20,7 @@ from affine import Affine
 from ..embedding import Embedding, grid_dataarray
 from ..errors import ExportError
 from ..grid import GridSpec
+from ..providers.redact import scrub
 from .atomic import atomic_path
 
 
@@ -57,10 +58,10 @@ def write_grid_stack(
             "width": (("roi",), np.array([e.data.sizes["x"] for _, e in items], np.int32)),
             "x_coord": (("roi", "x"), xs),
             "y_coord": (("roi", "y"), ys),
-            "meta": (("roi",), np.array([json.dumps(e.meta, default=str) for _, e in items], dtype=object)),
+            "meta": (("roi",), np.array([json.dumps(scrub(e.meta), default=str) for _, e in items], dtype=object)),
         },
         coords={"band": [str(b) for b in items[0][1].data.coords["band"].values]},
-        attrs={"Conventions": "eoembed-grid-stack-1", "eoembed": json.dumps(meta or {}, default=str)},
+        attrs={"Conventions": "eoembed-grid-stack-1", "eoembed": json.dumps(scrub(meta or {}), default=str)},
     )
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -12,7 +12,7 @@ from typing import Any
 from ..embedders.base import Embedder
 from ..embedders.registry import get_embedder
 from ..errors import SpecError
-from ..features import Place, read_places
+from ..features import Place, read_places, require_unique_ids
 from ..specs import FrameSpec, InputPrep, OutputSpec, SensorSpec, SpatialSpec, TemporalSpec
 
 
@@ -71,11 +71,7 @@ def as_places(
         out = [p if isinstance(p, Place) else _place_of(str(i), p, i) for i, p in enumerate(places)]
     if not out:
         raise SpecError("places is empty; give at least one place to export")
-    seen: dict[str, int] = {}
-    for i, p in enumerate(out):
-        if p.id in seen:
-            raise SpecError(f"places #{seen[p.id]} and #{i} share the id {p.id!r}; ids must be unique (use another id field)")
-        seen[p.id] = i
+    require_unique_ids(out)
     return out
 
 

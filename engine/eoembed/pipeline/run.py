@@ -18,9 +18,12 @@ from ..errors import EoembedError, ExportError, ModelError, ProviderError, SpecE
 from ..export.atomic import atomic_path
 from ..export.layout import RUN_NAME
 from ..export.manifest import MANIFEST_NAME, Manifest
+from ..export.outdir import prepare_out_dir
 from ..features import Place
+from ..preflight import preflight
 from ..products import open_for, route_products
 from ..providers import Provider
+from ..providers.redact import scrub
 from ..specs import FrameSpec, InputPrep, OutputSpec, SensorSpec, SpatialSpec, TemporalSpec
 from .consolidate import consolidate_grids, consolidate_pooled
 from .dask_executor import run_dask
@@ -123,8 +126,8 @@ def run_export(
     provider = open_for(source, source_options, [j.embedder() for j in jobs])
     provider_sig = json.dumps(provider.describe(), sort_keys=True, default=str)
     provider = route_products(provider, [j.embedder() for j in jobs])
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    preflight(jobs, provider, temporal, place_list)  # a request that can never succeed fails here, once
+    out, _ = prepare_out_dir(out)
     clean_partial_files(out)
     manifest = Manifest(out / MANIFEST_NAME)
     done = done_fingerprints(out, manifest)
@@ -208,7 +211,7 @@ def _abort(rec: dict[str, Any]) -> EoembedError:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=str))
+        tmp.write_text(json.dumps(scrub(data), indent=2, default=str))
 
 
 class _Progress:

@@ -8,6 +8,9 @@ from typing import Any
 
 from ..errors import SpecError
 from .base import FetchRequest, Observation, Provider
+from .redact import install_log_redaction
+
+install_log_redaction()  # every log record of every library is redacted from here on
 
 __all__ = ["FetchRequest", "Observation", "Provider", "open_provider", "PROVIDERS"]
 

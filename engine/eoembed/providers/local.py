@@ -3,9 +3,12 @@
 What the index understands (documented for users in the README):
 
 * **Multi-band stacks** — band names from the band descriptions, a per-band ``BANDNAME`` tag,
-  a sidecar ``<file>.json`` with ``"bands": [...]``, or else the band count
-  (13: B01–B12 with B10; 12: without B10; 10: B02–B12 without B01/B09/B10; 4: B02,B03,B04,B08;
-  3: B04,B03,B02).
+  a sidecar ``<file>.json`` with ``"bands": [...]`` (the first of these that names any band must
+  name every band, each a distinct Sentinel-2 band, or the file is skipped with that reason), or,
+  for a file that names no band, the band count (13: B01–B12 with B10; 12: without B10;
+  10: B02–B12 without B01/B09/B10; 4: B02,B03,B04,B08; 3: B04,B03,B02).
+* **Skipped files** — every file that cannot be used (unreadable, no CRS, bands that do not add
+  up) is kept in :attr:`LocalProvider.skipped` with its reason, and errors name them.
 * **One file per band** — files named ``<scene>_<band>.tif`` (``_B02``, ``_B8A``, ``_SCL`` …) in
   the same folder form one scene, each band at its own resolution (e.g. BigEarthNet patches).
 * **Acquisition dates** — first found of: the ``datetime`` / ``ACQUISITION_DATE`` /
@@ -127,6 +130,24 @@ def _first(mapping: dict[str, Any], keys: Sequence[str]) -> Any:
     return None
 
 
+def _band_names_problem(names: Sequence[Any], count: int) -> str | None:
+    """Why `names` cannot name the `count` bands of a stack, or None when they do."""
+    if len(names) != count:
+        return f"{len(names)} names for {count} bands"
+    seen: dict[str, int] = {}
+    for k, name in enumerate(names, start=1):
+        if not name:
+            return f"band {k} has none"
+        try:
+            band = normalize_band(str(name))
+        except SpecError:
+            return f"band {k} is {str(name)!r}, not a Sentinel-2 band name"
+        if band in seen:
+            return f"bands {seen[band]} and {k} are both {band}"
+        seen[band] = k
+    return None
+
+
 def _boa_offset(meta: dict[str, Any]) -> float:
     if "BOA_ADD_OFFSET" in meta:
         try:
@@ -177,12 +198,20 @@ class LocalProvider(Provider):
         self.skipped: list[tuple[str, str]] = []
         self.scenes: list[Scene] = self._index()
         if not self.scenes:
-            why = f" (skipped: {self.skipped[0][0]}: {self.skipped[0][1]})" if self.skipped else ""
             raise SpecError(
-                f"no usable imagery found in {', '.join(map(str, self.paths))}{why}; "
-                "give GeoTIFF/COG/VRT files with a CRS"
+                f"no usable imagery found in {', '.join(map(str, self.paths))}{self.skipped_note()}; "
+                "give GeoTIFF/COG/VRT files with a CRS and Sentinel-2 bands"
             )
         self._local = threading.local()
+
+    def skipped_note(self, limit: int = 2) -> str:
+        """`` (N files skipped: a.tif: reason; …)`` for error messages, or ``""``."""
+        if not self.skipped:
+            return ""
+        shown = "; ".join(f"{Path(f).name}: {why}" for f, why in self.skipped[:limit])
+        more = f"; and {len(self.skipped) - limit} more" if len(self.skipped) > limit else ""
+        n = len(self.skipped)
+        return f" ({n} file{'s' if n > 1 else ''} skipped: {shown}{more})"
 
     # -- index ----------------------------------------------------------------------------
     def _files(self) -> list[Path]:
@@ -230,8 +259,8 @@ class LocalProvider(Provider):
                     "band_tags": [src.tags(i) for i in range(1, src.count + 1)],
                 }
                 return info, src.crs
-        except RasterioIOError as exc:
-            self.skipped.append((str(f), f"unreadable: {exc}"))
+        except (RasterioIOError, OSError) as exc:
+            self.skipped.append((str(f), f"unreadable ({_short(exc)})"))
             return None
 
     def _scene(self, sid: str, bands: dict[str, tuple[Path, int]], info: dict[str, Any], src_crs: Any,
@@ -261,18 +290,23 @@ class LocalProvider(Provider):
         return self._scene(f.stem, bands, info, src_crs, meta, f.name, info["res"])
 
     def _stack_band_names(self, f: Path, info: dict[str, Any], meta: dict[str, Any]) -> list[str] | None:
+        """Band names of a stack: the first source that names any band decides, and must name
+        every band with a Sentinel-2 band once; only a file that names none is read by its count."""
         count = info["count"]
-        candidates = [
-            list(info["descriptions"]),
-            [t.get("BANDNAME") or t.get("band_name") for t in info["band_tags"]],
-            list(meta.get("bands") or []),
-        ]
-        for names in candidates:
-            if len(names) == count and all(names):
-                try:
-                    return [normalize_band(n) for n in names]
-                except SpecError:
-                    continue
+        sources = (
+            ("band descriptions", list(info["descriptions"])),
+            ("BANDNAME tags", [t.get("BANDNAME") or t.get("band_name") for t in info["band_tags"]]),
+            ("sidecar bands", list(meta.get("bands") or [])),
+        )
+        for what, names in sources:
+            if not any(names):
+                continue
+            problem = _band_names_problem(names, count)
+            if problem:
+                self.skipped.append((str(f), f"its {what} do not add up ({problem}); fix them or name every band "
+                                             'in a sidecar JSON ("bands": [...])'))
+                return None
+            return [normalize_band(str(n)) for n in names]
         if count in S2_STACK_LAYOUTS:
             return list(S2_STACK_LAYOUTS[count])
         self.skipped.append((str(f), f"{count} bands without names; add band descriptions or a sidecar JSON"))
@@ -329,9 +363,11 @@ class LocalProvider(Provider):
         over = [s for s in self.scenes if s.footprint.intersects(place)]
         if not over:
             b = ", ".join(f"{v:.5f}" for v in place.bounds)
+            skipped = (f"; {len(self.skipped)} unusable file(s) were not indexed and may be the ones over it"
+                       f"{self.skipped_note()}" if self.skipped else "")
             raise ProviderError(
-                f"no local imagery covers the place (lon/lat bounds {b}); the {len(self.scenes)} indexed "
-                "scenes lie elsewhere — add imagery for it or choose a place inside them"
+                f"no local imagery covers the place (lon/lat bounds {b}): the {len(self.scenes)} indexed "
+                f"scene(s) lie elsewhere{skipped}; add imagery for it or choose a place inside them"
             )
         dated = [s for s in over if (s.date is None and self.undated == "include") or (s.date and temporal.contains(s.date))]
         if not dated:
@@ -350,7 +386,8 @@ class LocalProvider(Provider):
         if missing:
             raise ProviderError(
                 f"the local imagery has no band {', '.join(sorted(missing))} (it has "
-                f"{', '.join(sorted({b for s in usable for b in s.bands}))}); add those bands or choose a model that needs fewer"
+                f"{', '.join(sorted({b for s in usable for b in s.bands}))}){self.skipped_note()}; add those bands or "
+                "choose a model that needs fewer"
             )
         usable.sort(key=lambda s: (s.date or date.min, s.id))
         stack, valid, when = [], [], []
@@ -386,8 +423,8 @@ class LocalProvider(Provider):
             try:
                 src = self._open(path)
                 vals, ok = read_to_grid(src, [i for _, i in pairs], grid, self.resampling, self.assume_nodata)
-            except RasterioIOError as exc:
-                raise ProviderError(f"could not read {path.name} ({exc}); check the file is intact") from exc
+            except (RasterioIOError, OSError) as exc:
+                raise ProviderError(f"could not read {path} ({_short(exc)}); check the file is intact") from None
             out[[j for j, _ in pairs]] = vals
             valid &= ok
         if not present.all():
@@ -409,3 +446,10 @@ class LocalProvider(Provider):
 
     def describe(self) -> dict[str, Any]:
         return {"provider": self.name, "scenes": len(self.scenes), "paths": [str(p) for p in self.paths]}
+
+
+def _short(exc: BaseException) -> str:
+    """The first line of an error, at most 160 characters."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= 160 else line[:157] + "..."

@@ -17,12 +17,14 @@ What real catalogues do and how it is handled:
   (same datatake) are merged into one scene before compositing, so overlapping tiles are
   not counted twice by the median.
 * **Clouds** — the ``SCL`` band masks no-data, saturated, cloud-shadow, cloud and cirrus pixels.
-* **Transient failures** — searches, token requests and COG reads are retried with
-  exponential backoff and jitter (HTTP 408/429/5xx and connection errors), `retries` times at
-  most; GDAL's own HTTP retries and its cache of failed URLs are switched off for these reads,
-  so that one policy applies and a failure is never replayed from a cache.
-* **Secrets** — signed URLs and tokens never appear in errors or meta, and the loggers of
-  rasterio and pystac-client (which log dataset URLs) get a redacting filter.
+* **Transient failures** — searches, token requests and COG reads (open and read) are retried
+  with exponential backoff and jitter, `retries` times at most, when :mod:`.transient` finds
+  the cause transient (HTTP 408/429/5xx, timeouts, resets, replies cut short); GDAL's own HTTP
+  retries and its cache of failed URLs are switched off for these reads, so that one policy
+  applies and a failure is never replayed from a cache. A permanent failure is one sentence
+  naming the (redacted) URL and the HTTP status.
+* **Secrets** — signed URLs and tokens never appear in errors, meta or ``describe()``, and every
+  log record (rasterio, pystac-client, urllib3 … log dataset URLs) is redacted (see :mod:`.redact`).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from .base import FetchRequest, Observation, Provider, make_observation
 from .composite import composite, frame_series
 from .raster_io import read_to_grid
 from .redact import install_log_redaction, redact
+from .transient import RemoteFailure, classify, probe
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,15 +75,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sas_url": "https://planetarycomputer.microsoft.com/api/sas/v1",
     },
 }
-_TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
 # Earth Search asset keys that the generic band aliases do not cover.
 _EXTRA_KEYS = {"nir09": "B09", "wvp": None, "aot": None, "visual": None, "tci": None}
 _COG_TYPES = ("image/tiff", "image/vnd.stac.geotiff")
-_GDAL_TRANSIENT = re.compile(
-    r"HTTP response code: (408|429|5\d\d)|timed out|Timeout|Connection (refused|reset|closed)|"
-    r"Couldn't connect|Could not resolve|SSL|Recv failure|Send failure|transfer closed",
-    re.IGNORECASE,
-)
 
 
 @dataclass
@@ -194,29 +191,8 @@ def parse_item(item: dict[str, Any]) -> StacItem | None:
     )
 
 
-def _status_of(exc: BaseException) -> int | None:
-    status = getattr(exc, "status_code", None)
-    if status is None:
-        resp = getattr(exc, "response", None)
-        status = getattr(resp, "status_code", None)
-    return int(status) if status is not None else None
-
-
 def _is_transient(exc: BaseException) -> bool:
-    import requests
-    from pystac_client.exceptions import APIError
-
-    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
-        return True
-    if isinstance(exc, RasterioIOError):
-        return bool(_GDAL_TRANSIENT.search(str(exc)))
-    if isinstance(exc, requests.HTTPError):
-        return _status_of(exc) in _TRANSIENT_STATUS
-    if isinstance(exc, APIError):
-        status = _status_of(exc)
-        # pystac-client wraps connection failures in an APIError without a status
-        return status is None or status in _TRANSIENT_STATUS
-    return False
+    return classify(exc).transient
 
 
 class StacProvider(Provider):
@@ -298,7 +274,8 @@ class StacProvider(Provider):
     # -- HTTP helpers -----------------------------------------------------------------------
     @property
     def host(self) -> str:
-        return urlparse(self.url).netloc or self.url
+        """The API's host (without any user:password part) for messages."""
+        return urlparse(self.url).netloc.rpartition("@")[2] or redact(self.url)
 
     def _retry(self, what: str, call: Callable[[], T], stats: dict[str, int] | None = None) -> T:
         """`call()` with bounded retries of transient failures (exponential backoff + jitter)."""
@@ -333,10 +310,39 @@ class StacProvider(Provider):
                 self._client = self._retry(f"opening {self.host}", lambda: Client.open(self.url, stac_io=io))
             except Exception as exc:
                 raise ProviderError(
-                    f"could not open the STAC API at {self.host} ({_describe_http_error(exc)}); check the URL "
+                    f"could not open the STAC API at {redact(self.url)} ({_describe_http_error(exc)}); check the URL "
                     "and your connection, or try again later"
                 ) from None
             return self._client
+
+    def connect(self) -> None:
+        """Open the API and check that it serves the collection: a batch calls this once, before
+        any place, so that a wrong URL or collection is one error instead of one per place."""
+        from pystac_client.conformance import ConformanceClasses
+
+        client = self._open_client()
+        if not client.conforms_to(ConformanceClasses.COLLECTIONS):
+            return  # an API without collection endpoints: the search will tell
+        try:
+            found = self._retry(f"looking up collection {self.collection}", lambda: client.get_collection(self.collection))
+        except Exception as exc:
+            f = classify(exc)
+            if f.transient:
+                raise ProviderError(
+                    f"could not look up collection {self.collection!r} at {self.host} ({f.reason()}) after "
+                    f"{self.retries + 1} attempts; try again later"
+                ) from None
+            found = None if f.status == 404 else True
+        if found is None:
+            try:
+                names = sorted(str(c.id) for c in client.get_collections())
+            except Exception:  # noqa: BLE001 - the list only helps the message
+                names = []
+            shown = f" (it has {', '.join(names[:8])}{' …' if len(names) > 8 else ''})" if names else ""
+            raise ProviderError(
+                f"the STAC API at {redact(self.url)} has no collection {self.collection!r}{shown}; "
+                "give collection= one it serves"
+            )
 
     def _sas_token(self) -> str:
         import requests
@@ -448,25 +454,31 @@ class StacProvider(Provider):
         """Band 1 of the COG at `href` on `grid` (only the window the grid needs): values, validity."""
 
         def read() -> tuple[np.ndarray, np.ndarray]:
-            with rasterio.Env(**self._gdal_env()), rasterio.open(self.sign(href)) as src:
-                vals, ok = read_to_grid(src, [1], grid, resampling, nodata)
-                return vals[0], ok
+            url = self.sign(href)
+            try:
+                with rasterio.Env(**self._gdal_env()), rasterio.open(url) as src:
+                    vals, ok = read_to_grid(src, [1], grid, resampling, nodata)
+                    return vals[0], ok
+            except RasterioIOError as exc:
+                if classify(exc).cause != "not-raster" or not url.startswith(("http://", "https://")):
+                    raise
+                raise RemoteFailure(probe(url, self.timeout)) from exc  # GDAL hid the cause
 
         try:
             try:
                 return self._retry(f"reading {what}", read, stats)
-            except RasterioIOError as exc:
-                if self.signing is None or "response code: 403" not in str(exc):
+            except (RasterioIOError, RemoteFailure) as exc:
+                if self.signing is None or classify(exc).status != 403:
                     raise
                 with self._lock:  # a refused signature: the token may have expired early
                     self._token = None
                 return self._retry(f"reading {what}", read, stats)
-        except RasterioIOError as exc:
-            tries = f" after {self.retries + 1} attempts" if _is_transient(exc) else ""
-            raise ProviderError(
-                f"could not read {what} from {urlparse(href).netloc or 'its file'} ({redact(str(exc))}){tries}; "
-                "the asset may be unavailable, try again later"
-            ) from None
+        except (RasterioIOError, RemoteFailure) as exc:
+            f = classify(exc, href)
+            tries = f" after {self.retries + 1} attempts" if f.transient else ""
+            advice = ("the server kept failing; try again later or raise retries=" if f.transient
+                      else "the asset is unavailable or not a GeoTIFF; check the catalogue or its access rights")
+            raise ProviderError(f"could not read {what} at {redact(href)} ({f.reason()}){tries}; {advice}") from None
 
     def _read_items(self, items: list[StacItem], bands: list[str], grid: GridSpec,
                     stats: dict[str, int]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -526,7 +538,7 @@ class StacProvider(Provider):
         stack_a, valid_a, when, scene_ids = _merge_acquisitions(items, per_item)
         meta: dict[str, Any] = {
             "provider": self.name,
-            "url": self.url,
+            "url": redact(self.url),
             "collection": self.collection,
             "items": [it.id for it in items],
             "scenes": scene_ids,
@@ -562,7 +574,7 @@ class StacProvider(Provider):
         return make_observation(values, ok, grid, bands, frame_dates, roi_mask(request.spatial, grid), meta)
 
     def describe(self) -> dict[str, Any]:
-        return {"provider": self.name, "url": self.url, "collection": self.collection, "signing": self.signing}
+        return {"provider": self.name, "url": redact(self.url), "collection": self.collection, "signing": self.signing}
 
 
 def _merge_acquisitions(
@@ -597,8 +609,5 @@ def _cloud(item: StacItem) -> float:
 
 
 def _describe_http_error(exc: BaseException) -> str:
-    status = _status_of(exc)
-    text = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-    if len(text) > 160:
-        text = text[:157] + "..."
-    return f"HTTP {status}: {text}" if status else text
+    f = classify(exc)
+    return f"{f.reason()}: {f.detail}" if f.status is not None or f.cause == "other" else f.reason()

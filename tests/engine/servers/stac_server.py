@@ -14,7 +14,14 @@
 * ``GET /sas/token/<collection>`` — a Planetary-Computer-style SAS token;
 * ``POST /_faults`` — ``{"match": "<path prefix>", "status": 500, "count": 2}``: the next
   `count` requests whose path starts with `match` get `status` (429 with ``Retry-After: 0``);
-  ``{"clear": true}`` drops the faults not used up.
+  ``{"clear": true}`` drops the faults not used up (and any fault rate and its counts);
+* ``POST /_faults`` — ``{"rate": 0.15, "kinds": ["500", "timeout", ...], "seed": 1, "match": "/",
+  "delay": 2.0}``: from now on each request whose path starts with `match` fails with
+  probability `rate`, its kind drawn from `kinds`: an HTTP status (``"429"``, ``"500"``,
+  ``"502"``, ``"503"``, …), ``"timeout"`` (no answer for `delay` seconds, then the connection is
+  dropped), ``"reset"`` (the connection is reset, no answer) or ``"short"`` (the headers promise
+  the whole body, half of it comes, then the connection closes). ``{"rate": 0}`` stops it.
+  ``GET /_faults`` returns how many faults of each kind were injected.
 
 Every request is logged as one JSON line (method, path, query, range, status, bytes) to LOG.
 The port is chosen by the OS and written to READY once the server listens. Loopback only.
@@ -23,9 +30,14 @@ The port is chosen by the OS and written to READY once the server listens. Loopb
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import random
+import socket
+import struct
 import threading
+import time
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -71,6 +83,9 @@ class State:
         self.catalog_text = (root / "catalog.json").read_text()
         self.base = ""
         self.faults: list[dict] = []
+        self.rate: dict = {"rate": 0.0}
+        self.rng = random.Random(0)
+        self.injected: dict[str, int] = {}
         self.lock = threading.Lock()
 
     def catalog(self) -> dict:
@@ -80,13 +95,33 @@ class State:
         with self.lock, open(self.log_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
 
-    def fault_for(self, path: str) -> int | None:
+    def fault_for(self, path: str) -> int | str | None:
+        """The fault this request gets: a status, a kind of broken connection, or None."""
         with self.lock:
             for f in self.faults:
                 if f["count"] > 0 and path.startswith(f["match"]):
                     f["count"] -= 1
                     return int(f["status"])
+            r = self.rate
+            if r["rate"] > 0 and path.startswith(r.get("match", "/")) and self.rng.random() < r["rate"]:
+                kind = str(self.rng.choice(r["kinds"]))
+                self.injected[kind] = self.injected.get(kind, 0) + 1
+                return int(kind) if kind.isdigit() else kind
         return None
+
+    def set_faults(self, body: dict) -> None:
+        with self.lock:
+            if body.get("clear"):
+                self.faults.clear()
+                self.rate = {"rate": 0.0}
+                self.injected = {}
+            elif "rate" in body:
+                self.rate = {"rate": float(body["rate"]), "kinds": list(body.get("kinds") or ["500"]),
+                             "match": body.get("match", "/"), "delay": float(body.get("delay", 2.0))}
+                self.rng = random.Random(body.get("seed", 0))
+                self.injected = {}
+            else:
+                self.faults.append({"match": body["match"], "status": body["status"], "count": body["count"]})
 
 
 class Server(ThreadingHTTPServer):
@@ -112,6 +147,12 @@ class Handler(BaseHTTPRequestHandler):
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
+        if getattr(self, "_short", False):
+            self._short = False
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self._reset()
+            return
         if not head:
             self.wfile.write(body)
         url = urlparse(self.path)
@@ -131,10 +172,32 @@ class Handler(BaseHTTPRequestHandler):
         status = self.state.fault_for(path)
         if status is None:
             return False
+        if isinstance(status, str):
+            return self._broken(status, path, head)
         headers = {"Retry-After": "0"} if status == 429 else {}
         self._send(status, json.dumps({"code": status, "description": "injected failure"}).encode(),
                    headers=headers, head=head)
         return True
+
+    def _broken(self, kind: str, path: str, head: bool) -> bool:
+        """A connection that fails without an HTTP status; True when no answer follows.
+
+        ``timeout``: no answer for `delay` seconds, then a reset; ``reset``: a reset at once;
+        ``short``: the real answer is prepared but only half its body is sent (see :meth:`_send`).
+        """
+        self.state.log({"method": self.command, "path": path, "fault": kind})
+        self.close_connection = True
+        if kind == "short" and not head:
+            self._short = True
+            return False
+        if kind == "timeout":
+            time.sleep(self.state.rate.get("delay", 2.0))
+        self._reset()
+        return True
+
+    def _reset(self) -> None:
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
     # -- verbs ------------------------------------------------------------------------------
     def do_HEAD(self) -> None:
@@ -147,11 +210,7 @@ class Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         body = self._body()
         if url.path == "/_faults":
-            with self.state.lock:
-                if body.get("clear"):
-                    self.state.faults.clear()
-                else:
-                    self.state.faults.append({"match": body["match"], "status": body["status"], "count": body["count"]})
+            self.state.set_faults(body)
             self._json({"ok": True})
             return
         if self._fault(url.path):
@@ -164,6 +223,11 @@ class Handler(BaseHTTPRequestHandler):
     def _route(self, head: bool = False) -> None:
         url = urlparse(self.path)
         path = url.path.rstrip("/") or "/"
+        if path == "/_faults":
+            with self.state.lock:
+                counts = dict(self.state.injected)
+            self._json(counts)
+            return
         if self._fault(path, head):
             return
         st = self.state
