@@ -9,6 +9,7 @@ from dataclasses import replace
 import eoembed
 import numpy as np
 import pytest
+import rasterio
 from eoembed.backends import choose_source
 from eoembed.embedders.registry import build_embedder, resolve_model_id
 from eoembed.errors import CapabilityError, SpecError
@@ -234,3 +235,23 @@ def test_export_keywords_that_do_not_apply_are_one_sentence(tmp_path):
                              target=eoembed.ExportTarget.per_item(tmp_path, names=["a"]))
     with pytest.raises(SpecError, match="save_embeddings=False"):
         eoembed.ExportConfig(save_embeddings=False)
+
+
+def test_load_export_lists_a_model_that_failed_everywhere(real_tiles, tmp_path):
+    from eoembed.embedders.rcf import RCFEmbedder
+
+    class Broken(RCFEmbedder):
+        def embed_batch(self, observations, output):
+            raise RuntimeError("injected failure")
+
+    with rasterio.open(real_tiles[0]) as src:
+        b = src.bounds
+        place = BBox(b.left, b.top - 320, b.left + 320, b.top, crs=src.crs.to_wkt())
+    eoembed.export_batch(spatials=[place], models=[build_embedder("rcf", features=8), Broken("broken", features=8)],
+                         target=eoembed.ExportTarget.combined(tmp_path / "run"), source=str(real_tiles[0]),
+                         config=eoembed.ExportConfig(continue_on_error=True))
+    result = eoembed.load_export(tmp_path / "run.npz")
+    assert result.ok_models == ["rcf"] and result.failed_models == ["broken"]
+    assert "broken" not in result["models"] and result.models["broken"].status == "failed"
+    assert "injected failure" in result.models["broken"].error
+    assert result.embedding("rcf").shape == (1, 8) and result.status == "partial"

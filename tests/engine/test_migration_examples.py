@@ -112,7 +112,7 @@ export_batch(
     target=ExportTarget.combined("exports/run"),
     config=ExportConfig(),
 )
-""", ("ProviderError", "no local imagery covers the place")),
+""", ("WeightsError", "not in the Hugging Face cache")),
     ("export page per-model fetch", """
 from eoembed import ExportModelRequest, FetchSpec, export_batch, ExportTarget, PointBuffer, TemporalSpec
 export_batch(
@@ -151,7 +151,7 @@ export_batch(
     fetch=FetchSpec(scale_m=10),
     target=ExportTarget.combined("exports/shared_sampling"),
 )
-""", ("ProviderError", "no local imagery covers the place")),
+""", ("WeightsError", "not in the Hugging Face cache")),
     ("export page tiling", """
 from eoembed import export_batch, ExportConfig, ExportTarget, PointBuffer, TemporalSpec
 spatials = [PointBuffer(121.5, 31.2, 2048), PointBuffer(120.5, 30.2, 2048)]
@@ -259,7 +259,7 @@ def test_examples_run_offline_where_the_imagery_is(offline, shared_dir):
     ns: dict = {"lon": lon, "lat": lat, "nano": str(nano)}
     exec(textwrap.dedent("""
     from eoembed import (get_embedding, export_batch, load_export, ExportConfig, ExportTarget, PointBuffer,
-                         SensorSpec, TemporalSpec, OutputSpec, FetchSpec)
+                         SensorSpec, TemporalSpec, OutputSpec, FetchSpec, ExportModelRequest)
     emb = get_embedding(
         "rcf",
         spatial=PointBuffer(lon=lon, lat=lat, buffer_m=320),
@@ -282,7 +282,7 @@ def test_examples_run_offline_where_the_imagery_is(offline, shared_dir):
     export_batch(
         spatials=[PointBuffer(lon, lat, 320), PointBuffer(lon, lat, 160)],
         temporal=TemporalSpec.range("2022-06-01", "2022-09-01"),
-        models=["rcf", "remoteclip_s2rgb"],
+        models=["rcf", ExportModelRequest.configure("rcf-empirical", features=32)],
         target=ExportTarget.combined("exports/run"),
         config=ExportConfig(save_inputs=True, continue_on_error=True),
         fetch=FetchSpec(scale_m=10),
@@ -297,6 +297,6 @@ def test_examples_run_offline_where_the_imagery_is(offline, shared_dir):
     assert gal.meta["model"] == "galileo-nano" and gal.data.shape == (128,)
     assert gal.meta["weights"]["source"].endswith("galileo_nano") or "sha256" in gal.meta["weights"]
     assert result.n_items == 2
-    assert result.ok_models == ["rcf"] and result.failed_models == ["remoteclip-vit-b-32"]
-    assert result.embedding("rcf").shape == (2, 512)
+    assert result.ok_models == ["rcf", "rcf-empirical"] and result.failed_models == []
+    assert result.embedding("rcf").shape == (2, 512) and result.embedding("rcf-empirical").shape == (2, 32)
     assert result.models["rcf"].inputs is None
