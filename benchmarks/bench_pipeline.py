@@ -121,8 +121,8 @@ def _provider(cogs_dir: Path, latency_ms: float) -> Any:
     class Remote(Provider):
         name = "local+latency"
 
-        def grid_for(self, spatial, sensor):  # noqa: ANN001, ANN202
-            return local.grid_for(spatial, sensor)
+        def lattices(self, spatial, sensor, temporal=None):  # noqa: ANN001, ANN202
+            return local.lattices(spatial, sensor, temporal)
 
         def fetch(self, request):  # noqa: ANN001, ANN202
             time.sleep(latency_ms / 1000.0)

@@ -14,10 +14,10 @@ import numpy as np
 import shapely
 import shapely.wkt
 from pyproj import Transformer
-from rasterio.features import geometry_mask
 
 from .embedding import Embedding, grid_dataarray
 from .errors import SpecError
+from .grid import burn_mask
 from .specs import parse_crs
 
 
@@ -114,10 +114,9 @@ def reference_in(grid: Embedding, geometry: shapely.Geometry | str, crs: Any | N
     if geom.geom_type == "Point":
         return reference_at(grid, geom.x, geom.y)
     g = grid.grid
-    out = (g.height, g.width)
-    inside = ~geometry_mask([geom], out_shape=out, transform=g.transform, all_touched=False)
+    inside = burn_mask(geom, g, all_touched=False)
     if not (inside & valid).any():
-        inside = ~geometry_mask([geom], out_shape=out, transform=g.transform, all_touched=True)
+        inside = burn_mask(geom, g, all_touched=True)
     use = inside & valid
     if not use.any():
         raise SpecError(

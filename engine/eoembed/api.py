@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from .embedders.registry import list_models as _list_models
 from .embedding import Embedding
 from .errors import CapabilityError, EoembedError, ProviderError, SpecError
 from .providers import Provider
+from .providers.base import FetchRequest
 from .specs import (
     FetchSpec,
     FrameSpec,
@@ -168,7 +170,7 @@ def get_embeddings_batch(
         model, temporal, sensor, fetch, output, frames, prep, device, weights, config
     )
     provider, backend_record = open_source(source, backend, source_options, [emb])
-    requests = [provider.request(s, window, fetch_sensor, fetch_frames) for s in places]
+    requests = _requests(provider, places, window, fetch_sensor, fetch_frames, workers)
     observations = provider.fetch_many(requests, workers=workers)
     for i, obs in enumerate(observations):
         if isinstance(obs, Exception):
@@ -204,6 +206,30 @@ def _one_prep(prep: InputPrep | str | None, input_prep: InputPrep | str | None) 
     if prep is not None and input_prep is not None:
         raise SpecError("give prep= or input_prep= (the same setting), not both")
     return InputPrep.parse(input_prep if input_prep is not None else prep)
+
+
+def _requests(provider: Provider, places: Sequence[SpatialSpec], window: TemporalSpec, sensor: SensorSpec,
+              frames: FrameSpec | None, workers: int) -> list[FetchRequest]:
+    """One request per place, built concurrently (a provider may search its catalogue to place
+    the grid); the first failure is raised with the place's index."""
+
+    def one(spatial: SpatialSpec) -> FetchRequest | Exception:
+        try:
+            return provider.request(spatial, window, sensor, frames)
+        except Exception as exc:  # raised below, in place order
+            return exc
+
+    if workers > 1 and len(places) > 1:
+        with ThreadPoolExecutor(max_workers=min(workers, len(places)), thread_name_prefix="eoembed-grid") as pool:
+            made = list(pool.map(one, places))
+    else:
+        made = [one(s) for s in places]
+    for i, req in enumerate(made):
+        if isinstance(req, Exception):
+            if isinstance(req, EoembedError) and len(places) > 1:
+                raise type(req)(f"place #{i}: {req}") from req
+            raise req
+    return made  # type: ignore[return-value]
 
 
 def embed_text(

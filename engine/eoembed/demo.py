@@ -89,11 +89,7 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
 
 def run_demo(out: Path, model: str = "rcf") -> dict:
     """Embed the demo places (pooled) and each patch (grid), write files and print a summary."""
-    with warnings.catch_warnings():
-        # rasterio can report a GDAL warning about another thread's in-memory warp dataset here;
-        # results are unaffected (checked: concurrent and sequential fetches are identical).
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        return _run_demo(out, model)
+    return _run_demo(out, model)
 
 
 def _run_demo(out: Path, model: str) -> dict:

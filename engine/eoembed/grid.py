@@ -3,28 +3,36 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from affine import Affine
-from rasterio.features import geometry_mask
+from rasterio.features import rasterize
+from rasterio.io import MemoryFile
 
 from .errors import SpecError
 from .specs import PointBuffer, SpatialSpec, crs_string, parse_crs
 
 #: Most pixels one place may have on a side; larger places should use a coarser scale_m.
 MAX_SIDE_PX = 8192
+#: Edges this close to a lattice line (in pixels) are on it: reprojection round trips differ by less.
+_SNAP_TOL = 1e-6
 
 
 @dataclass(frozen=True)
 class GridSpec:
-    """A north-up pixel grid: `crs`, the affine `transform` of its top-left corner, and size."""
+    """A north-up pixel grid: `crs`, the affine `transform` of its top-left corner, and size.
+
+    `basis` says why the grid lies where it does (see :mod:`eoembed.working_grid`); it is not
+    part of the grid's identity.
+    """
 
     crs: str
     transform: Affine
     width: int
     height: int
+    basis: str = field(default="", compare=False)
 
     @property
     def res(self) -> tuple[float, float]:
@@ -51,6 +59,7 @@ class GridSpec:
             Affine(t.a * self.width / out_w, 0.0, t.c, 0.0, t.e * self.height / out_h, t.f),
             out_w,
             out_h,
+            self.basis,
         )
 
     def key(self) -> str:
@@ -63,6 +72,7 @@ def roi_grid(
     scale_m: float,
     crs: Any | None = None,
     anchor: tuple[float, float] = (0.0, 0.0),
+    basis: str = "",
 ) -> GridSpec:
     """The grid of `scale_m` pixels covering `spatial` in its working CRS.
 
@@ -70,7 +80,8 @@ def roi_grid(
     lattice and align with Sentinel-2's native 10/20/60 m pixels in the same UTM zone.
     A PointBuffer gives exactly ``round(2·buffer_m / scale_m)`` pixels a side.
     `crs` overrides the working CRS and `anchor` shifts the lattice (a point on a pixel
-    corner), so that a provider can put the grid on its imagery's own pixels.
+    corner), so that a provider can put the grid on its imagery's own pixels; providers choose
+    both with :func:`eoembed.working_grid.working_grid`. `basis` is recorded on the grid.
     """
     crs = spatial.working_crs if crs is None else parse_crs(crs)
     ax, ay = anchor
@@ -83,16 +94,18 @@ def roi_grid(
     else:
         x0, y0, x1, y1 = spatial.shape(crs).bounds
         x0, x1, y0, y1 = x0 - ax, x1 - ax, y0 - ay, y1 - ay
-        minx = ax + math.floor(x0 / scale_m + 1e-9) * scale_m
-        maxy = ay + math.ceil(y1 / scale_m - 1e-9) * scale_m
-        width = max(1, math.ceil(x1 / scale_m - 1e-9) - math.floor(x0 / scale_m + 1e-9))
-        height = max(1, math.ceil(y1 / scale_m - 1e-9) - math.floor(y0 / scale_m + 1e-9))
+        minx = ax + math.floor(x0 / scale_m + _SNAP_TOL) * scale_m
+        maxy = ay + math.ceil(y1 / scale_m - _SNAP_TOL) * scale_m
+        width = max(1, math.ceil(x1 / scale_m - _SNAP_TOL) - math.floor(x0 / scale_m + _SNAP_TOL))
+        height = max(1, math.ceil(y1 / scale_m - _SNAP_TOL) - math.floor(y0 / scale_m + _SNAP_TOL))
     if max(width, height) > MAX_SIDE_PX:
         raise SpecError(
             f"the place is {width}×{height} pixels at {scale_m:g} m, more than {MAX_SIDE_PX} a side; "
             "use a larger scale_m or a smaller area"
         )
-    return GridSpec(crs_string(parse_crs(crs)), Affine(scale_m, 0.0, minx, 0.0, -scale_m, maxy), width, height)
+    return GridSpec(
+        crs_string(parse_crs(crs)), Affine(scale_m, 0.0, minx, 0.0, -scale_m, maxy), width, height, basis
+    )
 
 
 def roi_mask(spatial: SpatialSpec, grid: GridSpec) -> np.ndarray:
@@ -104,8 +117,21 @@ def roi_mask(spatial: SpatialSpec, grid: GridSpec) -> np.ndarray:
     if not spatial.is_polygon:
         return np.ones((grid.height, grid.width), dtype=bool)
     shape = spatial.shape(grid.crs)
-    out = (grid.height, grid.width)
-    inside = ~geometry_mask([shape], out_shape=out, transform=grid.transform, all_touched=False)
+    inside = burn_mask(shape, grid, all_touched=False)
     if not inside.any():
-        inside = ~geometry_mask([shape], out_shape=out, transform=grid.transform, all_touched=True)
+        inside = burn_mask(shape, grid, all_touched=True)
     return inside
+
+
+def burn_mask(shape: Any, grid: GridSpec, all_touched: bool = False) -> np.ndarray:
+    """Boolean (height, width): pixels whose centre lies in `shape` (or that it touches).
+
+    GDAL burns into an in-memory dataset created with the grid's transform (rasterio's own
+    array path starts its in-memory dataset without one, which printed
+    ``NotGeoreferencedWarning`` when several threads rasterised at once).
+    """
+    profile = dict(driver="MEM", width=grid.width, height=grid.height, count=1, dtype="uint8",
+                   transform=grid.transform)
+    with MemoryFile() as mem, mem.open(**profile) as dst:
+        rasterize([(shape, 1)], dst_path=dst, transform=grid.transform, all_touched=all_touched, fill=0)
+        return dst.read(1).astype(bool)

@@ -64,17 +64,25 @@ def crs_string(crs: CRS) -> str:
     return f"EPSG:{epsg}" if epsg else crs.to_wkt()
 
 
-def utm_crs_for(lon: float, lat: float) -> CRS:
-    """The WGS84 / UTM zone CRS that contains a longitude/latitude (standard zones)."""
+def utm_zone(lon: float, lat: float) -> int:
+    """The UTM zone number of a longitude/latitude, with the exceptions MGRS (and so
+    Sentinel-2's tiles) uses: zone 32 widened over south-west Norway, 31/33/35/37 over Svalbard."""
     zone = min(int((lon + 180.0) // 6.0) + 1, 60)
-    return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
+    if 56.0 <= lat < 64.0 and 3.0 <= lon < 12.0:
+        return 32
+    if 72.0 <= lat <= 84.0 and 0.0 <= lon < 42.0:
+        return 31 if lon < 9.0 else 33 if lon < 21.0 else 35 if lon < 33.0 else 37
+    return zone
 
 
-def _is_metric(crs: CRS) -> bool:
-    if not crs.is_projected:
-        return False
-    units = {ax.unit_name for ax in crs.axis_info[:2]}
-    return units <= {"metre", "meter"}
+@lru_cache(maxsize=256)
+def _utm_crs(zone: int, north: bool) -> CRS:
+    return CRS.from_epsg((32600 if north else 32700) + zone)
+
+
+def utm_crs_for(lon: float, lat: float) -> CRS:
+    """The WGS84 / UTM zone CRS that contains a longitude/latitude (see :func:`utm_zone`)."""
+    return _utm_crs(utm_zone(lon, lat), lat >= 0)
 
 
 def _finite(name: str, value: Any) -> float:
@@ -101,8 +109,9 @@ def _check_geographic(crs: CRS, xs: list[float], ys: list[float], what: str) -> 
 class SpatialSpec:
     """Common behaviour of the places eoembed embeds: a footprint with a CRS.
 
-    The *working CRS* is where pixels are square and in metres: the spec's own CRS when it is a
-    projected metric CRS, otherwise the UTM zone of the footprint's centre.
+    The *working CRS* is where pixels are square and in ground metres when no imagery says
+    otherwise: the UTM zone of the footprint's centre, whatever CRS the place is written in
+    (see :mod:`eoembed.working_grid` for the whole rule).
     """
 
     crs: str
@@ -116,12 +125,8 @@ class SpatialSpec:
 
     @cached_property
     def working_crs(self) -> CRS:
-        crs = self.crs_obj
-        if _is_metric(crs):
-            return crs
-        c = self._native_shape().centroid
-        lon, lat = transformer(crs, WGS84).transform(c.x, c.y)
-        return utm_crs_for(lon, lat)
+        c = self.shape(WGS84).centroid
+        return utm_crs_for(c.x, c.y)
 
     def shape(self, crs: Any | None = None) -> shapely.Geometry:
         """The footprint as a shapely geometry in `crs` (default: the spec's own CRS)."""
@@ -250,11 +255,11 @@ class BBox(SpatialSpec):
 
 @dataclass(frozen=True, init=False)
 class PointBuffer(SpatialSpec):
-    """A square of half-side `buffer_m` metres around the point ``(x, y)`` given in `crs`.
+    """A square of half-side `buffer_m` ground metres around the point ``(x, y)`` given in `crs`.
 
-    The square is axis-aligned in the working CRS (see :class:`SpatialSpec`), so a 640 m
-    square is exactly 64 × 64 pixels of 10 m. ``PointBuffer(lon=, lat=, buffer_m=)`` gives
-    the point in EPSG:4326.
+    The square is axis-aligned in the grid's CRS (a ground CRS, see :class:`SpatialSpec`), so a
+    640 m square is exactly 64 × 64 pixels of 10 m whatever CRS the point is written in.
+    ``PointBuffer(lon=, lat=, buffer_m=)`` gives the point in EPSG:4326.
     """
 
     x: float
@@ -311,10 +316,7 @@ class PointBuffer(SpatialSpec):
 
     @cached_property
     def working_crs(self) -> CRS:
-        crs = self.crs_obj
-        if _is_metric(crs):
-            return crs
-        lon, lat = transformer(crs, WGS84).transform(self.x, self.y)
+        lon, lat = transformer(self.crs_obj, WGS84).transform(self.x, self.y)
         return utm_crs_for(lon, lat)
 
     def _native_shape(self) -> shapely.Geometry:

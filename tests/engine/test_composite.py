@@ -99,7 +99,10 @@ def test_monthly_frames_composite_each_month_and_skip_empty_ones():
     stack, valid, dates = _series()
     fr = frame_series(stack, valid, dates, Q1, FrameSpec.by_month("skip"), "median", -1)
     assert fr.values[:, 0, 0, 0].tolist() == [15.0, 30.0]
-    assert fr.dates == [date(2022, 1, 16), date(2022, 3, 16)]  # window midpoints
+    # median scene dates: (5 + 25) / 2 = 15 January; the one March scene
+    assert fr.dates == [date(2022, 1, 15), date(2022, 3, 3)]
+    assert [m["date"] for m in fr.meta] == ["2022-01-15", "2022-02-15", "2022-03-03"]
+    assert [m["date_from"] for m in fr.meta] == ["median scene date", "bin midpoint", "median scene date"]
     assert [m["status"] for m in fr.meta] == ["ok", "skipped", "ok"]
     assert fr.meta[0]["scenes"] == ["2022-01-05", "2022-01-25"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import rasterio
 from affine import Affine
 from eoembed.errors import ProviderError, SpecError
+from eoembed.grid import roi_grid
 from eoembed.providers.local import LocalProvider
 from eoembed.specs import FrameSpec, PointBuffer, SensorSpec, TemporalSpec
 from pyproj import Transformer
@@ -83,7 +85,12 @@ def test_file_in_another_utm_zone_is_reprojected_to_the_right_place(make_tiff):
     path = make_tiff("z32.tif", data, crs="EPSG:32632", transform=Affine(10, 0, x0, 0, -10, y0),
                      descriptions=FOUR)
     cx, cy = Transformer.from_crs("EPSG:32632", UTM33, always_xy=True).transform(x0 + 1000, y0 - 1000)
-    obs = _fetch(LocalProvider(path), PointBuffer(cx, cy, 500, crs=UTM33))
+    provider, place = LocalProvider(path), PointBuffer(cx, cy, 500, crs=UTM33)
+    req = provider.request(place, TemporalSpec("2000-01-01", "2030-01-01"), SensorSpec(bands=FOUR))
+    # the provider's own grid is the file's lattice (the place is in zone 32 despite its CRS)
+    assert req.grid.crs == "EPSG:32632" and req.grid.transform.c == x0 + 500 and req.grid.transform.f == y0 - 500
+    # a request on a grid in UTM 33N is warped there
+    obs = provider.fetch(dataclasses.replace(req, grid=roi_grid(place, 10, crs=UTM33)))
     assert obs.grid.crs == UTM33 and obs.valid.all()
     gx, gy = np.meshgrid(obs.data.x.values, obs.data.y.values)
     sx, sy = Transformer.from_crs(UTM33, "EPSG:32632", always_xy=True).transform(gx, gy)
@@ -177,7 +184,9 @@ def test_frames_give_one_composite_per_bin(make_tiff, tmp_path):
     req = p.request(place, TemporalSpec("2022-06-01", "2022-06-16"), SensorSpec(bands=FOUR), FrameSpec.bins(3))
     obs = p.fetch(req)
     # bins [06-01, 06-06) [06-06, 06-11) [06-11, 06-16): the middle one is empty and skipped
-    assert obs.dates == [date(2022, 6, 3), date(2022, 6, 13)]
+    # each frame is dated by its scene, not by its bin's midpoint (06-03, 06-13)
+    assert obs.dates == [date(2022, 6, 1), date(2022, 6, 11)]
+    assert [f["date_from"] for f in obs.meta["frames"]] == ["median scene date", "bin midpoint", "median scene date"]
     assert obs.values()[:, 0, 0, 0].tolist() == [100 + 1088, 300 + 1088]
     assert [f["status"] for f in obs.meta["frames"]] == ["ok", "skipped", "ok"]
 
@@ -287,3 +296,23 @@ def test_unusable_inputs_are_spec_errors(tmp_path, make_tiff):
     five = make_tiff("y/five.tif", _ramp(5), crs=UTM33, transform=ORIGIN)
     with pytest.raises(SpecError, match="5 bands without names"):
         LocalProvider(five)
+
+
+def test_imagery_in_web_mercator_is_never_the_grid(make_tiff):
+    # a file in EPSG:3857 at 57° N: its "10 m" pixels are 5.4 m of ground, so the grid is the
+    # place's UTM zone, 10 ground metres a pixel, and the file is warped onto it
+    lon, lat = 9.85, 57.2
+    x, y = Transformer.from_crs(4326, "EPSG:3857", always_xy=True).transform(lon, lat)
+    t = Affine(10, 0, x - 1000, 0, -10, y + 1000)
+    path = make_tiff("merc.tif", _ramp(h=200, w=200), crs="EPSG:3857", transform=t, descriptions=FOUR)
+    obs = _fetch(LocalProvider(path), PointBuffer(x, y, 200, crs="EPSG:3857"))
+    assert obs.grid.crs == "EPSG:32632" and (obs.grid.width, obs.grid.height) == (40, 40)
+    assert obs.grid.transform.c % 10 == 0 and obs.grid.transform.f % 10 == 0
+    assert obs.meta["grid"] == {"crs": "EPSG:32632", "basis": "utm zone of the place"}
+    # the ramp (col + 10·row of the file) at two grid pixel centres 390 m apart, by pyproj:
+    # ≈ 72 file columns (390 m / cos 57.2° in Mercator units) plus the meridian convergence
+    ramp = obs.values()[0, 0]
+    to_merc = Transformer.from_crs("EPSG:32632", "EPSG:3857", always_xy=True)
+    (c0, r0), (c1, r1) = (~t * to_merc.transform(*(obs.grid.transform * (c + 0.5, 20.5))) for c in (0, 39))
+    expect = (c1 - c0) + 10 * (r1 - r0)
+    assert 70 < c1 - c0 < 74 and ramp[20, -1] - ramp[20, 0] == pytest.approx(expect, abs=0.5)

@@ -82,8 +82,8 @@ class FlakyProvider(Provider):
         self.inner, self.flaky_x, self.transient = inner, flaky_x, transient
         self.calls: Counter[float] = Counter()
 
-    def grid_for(self, spatial, sensor):  # noqa: ANN001, ANN201
-        return self.inner.grid_for(spatial, sensor)
+    def lattices(self, spatial, sensor, temporal=None):  # noqa: ANN001, ANN201
+        return self.inner.lattices(spatial, sensor, temporal)
 
     def fetch(self, request):  # noqa: ANN001, ANN201
         x = request.spatial.x

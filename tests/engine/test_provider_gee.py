@@ -209,7 +209,7 @@ def test_median_composite_request_building_tiling_and_parallel_fetch(server):
         v1, v2, v3 = (expected(b, band, xs, ys) for b in (100, 300, 200))
         stack = np.stack([v1, np.where(west, np.nan, v2), np.where(north, np.nan, v3)])
         np.testing.assert_allclose(obs.values()[0, j], np.nanmedian(stack, axis=0), rtol=0, atol=1e-2)
-    assert obs.valid.all() and obs.dates == [date(2020, 6, 16)]
+    assert obs.valid.all() and obs.dates == [date(2020, 6, 15)]  # the median of 06-05, 06-15, 06-25
     assert obs.grid.crs == CRS and (obs.grid.width, obs.grid.height) == (64, 48)
     m = obs.meta
     assert m["images"] == [i[0] for i in IMAGES[:3]]  # the 85 % cloudy image is filtered out
@@ -252,8 +252,9 @@ def test_monthly_time_series_with_empty_month_policies(server):
     mark = server.mark()
     obs = _fetch(p, "2020-06-01", "2020-09-01", frames=FrameSpec.by_month("fill"), fill_value=-5)
     log = server.since(mark)
-    assert obs.dates == [date(2020, 6, 16), date(2020, 7, 16), date(2020, 8, 16)]
-    assert obs.months.tolist() == [5, 6, 7] and obs.day_of_year.tolist() == [168, 198, 229]
+    # June: the median of its three images; July has none (its midpoint); August: its one image
+    assert obs.dates == [date(2020, 6, 15), date(2020, 7, 16), date(2020, 8, 10)]
+    assert obs.months.tolist() == [5, 6, 7] and obs.day_of_year.tolist() == [167, 198, 223]
     xs, ys = _centres(obs)
     np.testing.assert_allclose(obs.values()[2, 0], expected(500, "B02", xs, ys), atol=1e-2)
     assert not obs.valid[1].any() and (obs.values()[1] == -5).all() and obs.valid[[0, 2]].all()
@@ -266,7 +267,7 @@ def test_monthly_time_series_with_empty_month_policies(server):
     np.testing.assert_array_equal(nearest.values()[1], nearest.values()[0])  # July ← June (the earlier tie)
     assert not nearest.valid[1].any()
     skip = _fetch(p, "2020-06-01", "2020-09-01", frames=FrameSpec.by_month("skip"))
-    assert skip.dates == [date(2020, 6, 16), date(2020, 8, 16)]
+    assert skip.dates == [date(2020, 6, 15), date(2020, 8, 10)]
     with pytest.raises(ProviderError, match="2020-07-01 to 2020-08-01"):
         _fetch(p, "2020-06-01", "2020-09-01", frames=FrameSpec.by_month("error"))
     halves = _fetch(p, "2020-06-01", "2020-07-01", frames=FrameSpec.bins(2), bands=["B02"])
@@ -374,3 +375,26 @@ def test_application_default_credentials_are_the_persistent_fallback(server, key
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
     obs = _fetch(_provider(server, credentials=None, project=None), "2020-06-01", "2020-07-01", bands=["B02"])
     assert obs.meta["project"] == "sa-project" and obs.valid.all()
+
+
+def test_a_place_in_any_crs_gets_the_sentinel2_lattice_of_its_utm_zone(server):
+    # Earth Engine's S2 images are on 10 m multiples of their MGRS tile's UTM zone: the grid
+    # rule's fallback, whatever CRS the place is written in
+    from eoembed.specs import PointBuffer
+    from pyproj import Transformer
+
+    p = _provider(server)
+    x, y = X0 + 333.3, Y0 - 222.2
+    lon, lat = Transformer.from_crs(CRS, 4326, always_xy=True).transform(x, y)
+    when, sensor = TemporalSpec("2020-06-01", "2020-06-10"), SensorSpec(bands=("B02",))
+    reqs = []
+    for crs in (CRS, "EPSG:4326", "EPSG:3857", "EPSG:3035", "EPSG:25832"):
+        px, py = Transformer.from_crs(4326, crs, always_xy=True).transform(lon, lat)
+        reqs.append(p.request(PointBuffer(px, py, 150, crs=crs), when, sensor))
+    assert all(r.grid == reqs[0].grid for r in reqs)
+    g = reqs[0].grid
+    assert g.crs == CRS and (g.width, g.height) == (30, 30)
+    assert (g.transform.c, g.transform.f) == (X0 + 180, Y0 - 70)  # by hand: 333.3 − 150 → 180, −222.2 + 150 → −70
+    a, b = p.fetch(reqs[0]), p.fetch(reqs[2])
+    np.testing.assert_array_equal(a.values(), b.values())
+    assert b.meta["grid"] == {"crs": CRS, "basis": "utm zone of the place"}

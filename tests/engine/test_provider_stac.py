@@ -348,7 +348,7 @@ def test_median_and_mosaic_with_scl_cloud_masks_cloud_filter_and_boa_offset(worl
     med = _fetch(p, place, "2020-06-01", "2020-07-01", cloudy_pct=30)
     assert med.meta["items"] == ["S2A_32VNH_20200605_0_L2A", "S2B_32VNH_20200615_0_L2A", "S2A_32VNH_20200625_0_L2A"]
     assert med.meta["boa_offset_removed"] == {"S2A_32VNH_20200625_0_L2A": 1000.0}
-    assert med.meta["cloud_mask"] == "SCL" and med.dates == [date(2020, 6, 16)]
+    assert med.meta["cloud_mask"] == "SCL" and med.dates == [date(2020, 6, 15)]  # the median of 05, 15, 25
     for j, band in enumerate(TEN_M):
         k = _idx(band)
         stack = np.stack([a[k], np.where(b_ok, b[k], np.nan), np.where(c_ok, c[k], np.nan)])
@@ -394,18 +394,22 @@ def test_items_from_two_utm_zones_land_on_one_grid(world):
     assert obs.valid.all() and obs.meta["scenes"][1] == ["S2B_33VUC_20200608_0_L2A"]
 
 
-def test_a_place_given_in_another_zone_is_warped_from_the_items_zone(world):
+def test_a_place_written_in_another_zones_crs_is_read_on_the_items_lattice(world):
     server, cat, facts = world
     x0, y0 = facts["origin"]
     west, south, east, north = transform_bounds(facts["crs"], "EPSG:32633", x0 + 800, y0 - 1400, x0 + 1400, y0 - 800)
     place = BBox(west, south, east, north, crs="EPSG:32633")
     obs = _fetch(_provider(server), place, "2020-06-01", "2020-06-06", bands=["B04"])
-    assert obs.grid.crs == "EPSG:32633"
-    expect = np.full((1, obs.grid.height, obs.grid.width), np.nan, np.float32)
-    reproject(facts["px"]["637U_59R_1_3"][_idx("B04")][None].astype(np.float32), expect,
-              src_transform=Affine(10, 0, x0, 0, -10, y0), src_crs=facts["crs"], dst_transform=obs.grid.transform,
-              dst_crs="EPSG:32633", resampling=Resampling.bilinear)
-    np.testing.assert_allclose(obs.values()[0, 0], expect[0], rtol=1e-4, atol=0.5)
+    # the place's own CRS does not choose the grid: the items' CRS and pixel corners do
+    assert obs.grid.crs == facts["crs"] and obs.meta["grid"]["crs"] == facts["crs"]
+    assert "S2A_32VNH_20200605_0_L2A" in obs.meta["grid"]["basis"]
+    col = (obs.grid.transform.c - x0) / 10
+    row = (y0 - obs.grid.transform.f) / 10
+    assert col == round(col) and row == round(row)
+    r, c = int(round(row)), int(round(col))
+    np.testing.assert_array_equal(
+        obs.values()[0, 0], facts["px"]["637U_59R_1_3"][_idx("B04"), r : r + obs.grid.height, c : c + obs.grid.width]
+    )
 
 
 def test_monthly_frames_carry_dates_and_follow_the_empty_policy(world):
@@ -413,8 +417,9 @@ def test_monthly_frames_carry_dates_and_follow_the_empty_policy(world):
     p = _provider(server)
     place = _box(facts, 120, 120, 8, 8)  # clear in every item
     obs = _fetch(p, place, "2020-05-01", "2020-08-01", frames=FrameSpec.by_month("fill"), fill_value=-1)
-    assert obs.dates == [date(2020, 5, 16), date(2020, 6, 16), date(2020, 7, 16)]
-    assert obs.months.tolist() == [4, 5, 6] and obs.day_of_year.tolist() == [137, 168, 198]
+    # May has no item (its midpoint); June: the median of 06-05, 06-15, 06-25; July: its one item
+    assert obs.dates == [date(2020, 5, 16), date(2020, 6, 15), date(2020, 7, 20)]
+    assert obs.months.tolist() == [4, 5, 6] and obs.day_of_year.tolist() == [137, 167, 202]
     assert obs.valid[0].sum() == 0 and (obs.values()[0] == -1).all()
     assert [f["status"] for f in obs.meta["frames"]] == ["filled", "ok", "ok"]
     assert obs.meta["empty_frames"] == "fill"
@@ -424,7 +429,7 @@ def test_monthly_frames_carry_dates_and_follow_the_empty_policy(world):
     np.testing.assert_allclose(obs.values()[1, 0], june, atol=1e-3)
     np.testing.assert_array_equal(obs.values()[2, 0], px["38D_378R_2_3"][_idx("B02"), 120:128, 120:128])
     skip = _fetch(p, place, "2020-05-01", "2020-08-01", frames=FrameSpec.by_month("skip"))
-    assert skip.dates == [date(2020, 6, 16), date(2020, 7, 16)]
+    assert skip.dates == [date(2020, 6, 15), date(2020, 7, 20)]
     with pytest.raises(ProviderError, match="2020-05-01 to 2020-06-01"):
         _fetch(p, place, "2020-05-01", "2020-08-01", frames=FrameSpec.by_month("error"))
 

@@ -50,17 +50,22 @@ def fetch_chunk(
         needed.setdefault(it.index, set()).add(it.model)
     groups: dict[str, dict[str, Any]] = {}
     out: Fetched = {}
-    for index, models in needed.items():
-        spatial = task.places[index][1]
-        for m in sorted(models):
-            job = by_model[m]
-            try:
-                req = provider.request(spatial, temporal, job.sensor, job.frames)
-            except Exception as exc:
-                out[(index, m)] = (None, error_text(exc), 1)
-                continue
-            g = groups.setdefault(_group_key(req), {"req": req, "members": []})
-            g["members"].append((index, m, req.sensor.bands))
+    pairs = [(index, m) for index, models in needed.items() for m in sorted(models)]
+
+    def make(pair: tuple[int, str]) -> FetchRequest | Exception:
+        job = by_model[pair[1]]
+        try:  # a provider may search its catalogue to place the grid: in parallel
+            return provider.request(task.places[pair[0]][1], temporal, job.sensor, job.frames)
+        except Exception as exc:
+            return exc
+
+    made = list(pool.map(make, pairs) if pool is not None and len(pairs) > 1 else map(make, pairs))
+    for (index, m), req in zip(pairs, made):
+        if isinstance(req, Exception):
+            out[(index, m)] = (None, error_text(req), 1)
+            continue
+        g = groups.setdefault(_group_key(req), {"req": req, "members": []})
+        g["members"].append((index, m, req.sensor.bands))
 
     def run(group: dict[str, Any]) -> list[tuple[tuple[int, str], tuple[Observation | None, str | None, int]]]:
         req: FetchRequest = group["req"]

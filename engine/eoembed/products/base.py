@@ -194,8 +194,8 @@ class ProductRouter(Provider):
             return self.readers[sensor.collection]
         return self.base
 
-    def grid_for(self, spatial: SpatialSpec, sensor: SensorSpec) -> GridSpec:
-        return self._reader(sensor).grid_for(spatial, sensor)
+    def grid_for(self, spatial: SpatialSpec, sensor: SensorSpec, temporal: TemporalSpec | None = None) -> GridSpec:
+        return self._reader(sensor).grid_for(spatial, sensor, temporal)
 
     def request(self, spatial: SpatialSpec, temporal: TemporalSpec, sensor: SensorSpec,
                 frames: FrameSpec | None = None) -> FetchRequest:

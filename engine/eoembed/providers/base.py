@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..grid import GridSpec, roi_grid
+from ..grid import GridSpec
 from ..specs import FrameSpec, SensorSpec, SpatialSpec, TemporalSpec
+from ..working_grid import Lattice, working_grid
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,8 @@ def make_observation(
 ) -> Observation:
     """Build an Observation from plain arrays ``(T, C, H, W)`` and ``(T, H, W)`` on `grid`."""
     mask = roi if roi is not None else np.ones(values.shape[-2:], dtype=bool)
+    meta = dict(meta or {})
+    meta.setdefault("grid", {"crs": grid.crs, "basis": grid.basis or "given"})
     return Observation(values, bands, dates, valid, mask, grid, meta)
 
 
@@ -143,9 +146,15 @@ class Provider(ABC):
     #: short name used in meta and on the command line ("local", "stac", "gee")
     name: str = "provider"
 
-    def grid_for(self, spatial: SpatialSpec, sensor: SensorSpec) -> GridSpec:
-        """The pixel grid a place is delivered on; providers may align it to their imagery."""
-        return roi_grid(spatial, sensor.scale_m)
+    def lattices(self, spatial: SpatialSpec, sensor: SensorSpec,
+                 temporal: TemporalSpec | None = None) -> list[Lattice]:
+        """Pixel lattices of the imagery that may lie under the place (none known: empty)."""
+        return []
+
+    def grid_for(self, spatial: SpatialSpec, sensor: SensorSpec, temporal: TemporalSpec | None = None) -> GridSpec:
+        """The pixel grid a place is delivered on: the one rule of :mod:`eoembed.working_grid`
+        applied to this provider's :meth:`lattices`."""
+        return working_grid(spatial, sensor.scale_m, self.lattices(spatial, sensor, temporal))
 
     def request(
         self,
@@ -155,7 +164,7 @@ class Provider(ABC):
         frames: FrameSpec | None = None,
     ) -> FetchRequest:
         """A FetchRequest for a place on this provider's grid."""
-        return FetchRequest(spatial, self.grid_for(spatial, sensor), temporal, sensor, frames)
+        return FetchRequest(spatial, self.grid_for(spatial, sensor, temporal), temporal, sensor, frames)
 
     @abstractmethod
     def fetch(self, request: FetchRequest) -> Observation:

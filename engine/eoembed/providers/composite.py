@@ -56,6 +56,21 @@ def composite(
     return out, any_valid
 
 
+def scene_date(dates: Sequence[date], valid: np.ndarray | None = None) -> date | None:
+    """The median acquisition date of the scenes that gave the place a valid pixel (all of
+    `dates` when `valid` is None or none did); None for no scenes. An even count takes the
+    earlier of the two middle days' midpoint."""
+    if valid is not None and len(dates):
+        used = [d for d, v in zip(dates, valid) if v.any()]
+        dates = used or list(dates)
+    if not len(dates):
+        return None
+    days = sorted(d.toordinal() for d in dates)
+    n = len(days)
+    mid = days[n // 2] if n % 2 else (days[n // 2 - 1] + days[n // 2]) // 2
+    return date.fromordinal(mid)
+
+
 @dataclass
 class Frames:
     """A time series of composites: values ``(T, C, H, W)``, validity ``(T, H, W)``, dates."""
@@ -77,8 +92,10 @@ def frame_series(
 ) -> Frames:
     """Bin scenes into the frames of `frames` over `temporal` and composite each bin.
 
-    A frame's date is the middle of its window. Bins with no valid pixel follow
-    ``frames.empty`` (skip, fill, nearest, error); what happened is recorded per frame.
+    A frame's date is the median acquisition date of the scenes composited into it
+    (:func:`scene_date`); its bin is recorded beside it, and a bin without scenes is dated by
+    its midpoint. Bins with no valid pixel follow ``frames.empty`` (skip, fill, nearest,
+    error); what happened is recorded per frame.
     """
     windows = frames.windows(temporal)
     c, h, w = stack.shape[1:] if stack.ndim == 4 else (0, 0, 0)
@@ -86,16 +103,19 @@ def frame_series(
     for win in windows:
         idx = [i for i, d in enumerate(dates) if win.contains(d)]
         v, m = composite(stack[idx], valid[idx], [dates[i] for i in idx], method, fill_value)
+        when = scene_date([dates[i] for i in idx], valid[idx] if idx else None)
         info = {
             "start": win.start.isoformat(),
             "end": win.end.isoformat(),
+            "date": (when or win.midpoint).isoformat(),
+            "date_from": "median scene date" if when else "bin midpoint",
             "scenes": [dates[i].isoformat() for i in idx],
             "valid_fraction": float(m.mean()) if m.size else 0.0,
             "status": "ok" if m.any() else "empty",
         }
         vals.append(v)
         vmask.append(m)
-        fdates.append(win.midpoint)
+        fdates.append(when or win.midpoint)
         fmeta.append(info)
     empty = [i for i, f in enumerate(fmeta) if f["status"] == "empty"]
     if empty and frames.empty == "error":
@@ -150,7 +170,7 @@ def scenes_to_observation(
     meta = {**meta, "window": temporal.key(), "composite": sensor.composite}
     if request.frames is None:
         values, ok = composite(stack, valid, dates, sensor.composite, sensor.fill_value)
-        values, ok, frame_dates = values[None], ok[None], [temporal.midpoint if len(dates) > 1 else dates[0]]
+        values, ok, frame_dates = values[None], ok[None], [scene_date(dates, valid) or temporal.midpoint]
     else:
         fr = frame_series(stack, valid, dates, temporal, request.frames, sensor.composite, sensor.fill_value)
         values, ok, frame_dates = fr.values, fr.valid, fr.dates

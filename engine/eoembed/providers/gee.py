@@ -41,7 +41,7 @@ from ..grid import GridSpec, roi_mask
 from ..sensors import S2_BANDS, SCL_INVALID
 from ..specs import FrameSpec, SensorSpec, TemporalSpec
 from .base import FetchRequest, Observation, Provider, make_observation
-from .composite import frame_series
+from .composite import frame_series, scene_date
 from .redact import install_log_redaction, redact
 
 log = logging.getLogger(__name__)
@@ -393,7 +393,7 @@ class EarthEngineProvider(Provider):
             vals[:, ~ok] = sensor.fill_value
             layers.append(vals)
             valid.append(ok)
-            when.append(win.midpoint if request.frames is not None or len(inside) > 1 else inside[0]["time"].date())
+            when.append(scene_date([im["time"].date() for im in inside]) or win.midpoint)
         meta: dict[str, Any] = {
             "provider": self.name,
             "collection": self.collection,

@@ -44,9 +44,10 @@ from rasterio.errors import RasterioIOError
 from rasterio.warp import transform_bounds
 
 from ..errors import ProviderError, SpecError
-from ..grid import GridSpec, roi_grid
+from ..grid import GridSpec
 from ..sensors import S2_BANDS, S2_STACK_LAYOUTS, SCL_INVALID, normalize_band
-from ..specs import SensorSpec, SpatialSpec, crs_string, parse_crs
+from ..specs import SensorSpec, SpatialSpec, TemporalSpec, crs_string, parse_crs
+from ..working_grid import Lattice
 from .base import FetchRequest, Observation, Provider
 from .composite import scenes_to_observation
 from .raster_io import read_to_grid
@@ -326,25 +327,18 @@ class LocalProvider(Provider):
         return self._scene(name, bands, info, src_crs, meta, name, info["res"])
 
     # -- grids ----------------------------------------------------------------------------
-    def grid_for(self, spatial: SpatialSpec, sensor: SensorSpec) -> GridSpec:
-        """The place's grid, put on the pixels of the imagery under it when possible.
+    def lattices(self, spatial: SpatialSpec, sensor: SensorSpec,
+                 temporal: TemporalSpec | None = None) -> list[Lattice]:
+        """The pixel lattice of every indexed scene (dated in `temporal` when given).
 
-        For a place in lon/lat the CRS of the scene under its centre is used; when that
-        scene's pixel size equals ``scale_m`` the grid shares its pixel lattice, so reads
-        need no resampling and grid outputs overlay the imagery exactly.
+        The grid rule (:mod:`eoembed.working_grid`) keeps those under the place's centre in a
+        ground CRS, so grids share the files' pixels and reads need no resampling.
         """
-        centre = spatial.shape("EPSG:4326").centroid
-        under = [s for s in self.scenes if s.footprint.contains(centre)]
-        if not under:
-            return roi_grid(spatial, sensor.scale_m)
-        under.sort(key=lambda s: (abs(s.res - sensor.scale_m), s.id))
-        scene = under[0]
-        crs = spatial.working_crs if spatial.crs_obj.is_projected else parse_crs(scene.crs)
-        if parse_crs(scene.crs) == crs and abs(scene.res - sensor.scale_m) < 1e-6:
-            anchor = (scene.bounds[0], scene.bounds[3])
-        else:
-            anchor = (0.0, 0.0)
-        return roi_grid(spatial, sensor.scale_m, crs=crs, anchor=anchor)
+        return [
+            Lattice(s.crs, s.res, (s.bounds[0], s.bounds[3]), s.footprint, s.id)
+            for s in self.scenes
+            if temporal is None or s.date is None or temporal.contains(s.date)
+        ]
 
     # -- fetch ----------------------------------------------------------------------------
     def _open(self, path: Path) -> rasterio.io.DatasetReader:

@@ -12,8 +12,9 @@ import numpy as np
 import rasterio
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.warp import reproject, transform_bounds
-from rasterio.windows import Window, from_bounds
+from rasterio.io import MemoryFile
+from rasterio.warp import reproject
+from rasterio.windows import Window
 
 from ..grid import GridSpec
 
@@ -85,32 +86,26 @@ def _read_aligned(src, indexes, off, h, w, nd):
 
 
 def _read_warped(src, indexes, grid, resampling, nd):
+    """Warp bands of the open dataset `src` onto `grid`; GDAL reads only the blocks it needs.
+
+    Both ends are georeferenced datasets: the file itself and an in-memory dataset created
+    with the grid's CRS and transform. (Handing rasterio plain arrays makes it build in-memory
+    datasets that start without a geotransform, which printed ``NotGeoreferencedWarning``.)
+    """
     h, w = grid.height, grid.width
-    out = np.full((len(indexes), h, w), np.nan, np.float32)
-    left, bottom, right, top = transform_bounds(grid.crs, src.crs, *grid.bounds, densify_pts=21)
-    win = from_bounds(left, bottom, right, top, transform=src.transform)
-    pad = 3  # kernel support of bilinear/cubic resampling at the window's edge
-    c0 = max(0, math.floor(win.col_off) - pad)
-    r0 = max(0, math.floor(win.row_off) - pad)
-    c1 = min(src.width, math.ceil(win.col_off + win.width) + pad)
-    r1 = min(src.height, math.ceil(win.row_off + win.height) + pad)
-    if c0 >= c1 or r0 >= r1:
-        return np.zeros((len(indexes), h, w), np.float32), np.zeros((h, w), bool)
-    window = Window(c0, r0, c1 - c0, r1 - r0)
-    data = src.read(indexes, window=window, out_dtype=np.float32)
-    if nd is not None and not (isinstance(nd, float) and math.isnan(nd)):
-        data[:, (data == nd).all(axis=0)] = np.nan
-    reproject(
-        source=data,
-        destination=out,
-        src_transform=src.window_transform(window),
-        src_crs=src.crs,
-        src_nodata=np.nan,
-        dst_transform=grid.transform,
-        dst_crs=parse_grid_crs(grid.crs),
-        dst_nodata=np.nan,
-        resampling=resampling,
-    )
+    n = len(indexes)
+    src_nodata = None if nd is None or (isinstance(nd, float) and math.isnan(nd)) else nd
+    profile = dict(driver="MEM", width=w, height=h, count=n, dtype="float32",
+                   crs=parse_grid_crs(grid.crs), transform=grid.transform, nodata=np.nan)
+    with MemoryFile() as mem, mem.open(**profile) as dst:
+        reproject(
+            source=rasterio.band(src, list(indexes)),
+            destination=rasterio.band(dst, list(range(1, n + 1))),
+            src_nodata=src_nodata,
+            dst_nodata=np.nan,
+            resampling=resampling,
+        )
+        out = dst.read(out_dtype=np.float32)
     valid = ~np.isnan(out).any(axis=0)
     out[:, ~valid] = 0.0
     return out, valid

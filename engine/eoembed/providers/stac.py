@@ -13,7 +13,12 @@ What real catalogues do and how it is handled:
   listed in ``meta["boa_offset_removed"]``.
 * **10/20/60 m assets** — each asset is read at its own resolution and resampled onto the
   place's grid (bilinear for reflectance, nearest for the scene classification).
-* **Several UTM zones** — every asset is warped to the grid's CRS; items of one acquisition
+* **Grids** — a place's grid lies on the pixel lattice of the items under its centre
+  (``proj:code``/``proj:epsg`` with ``proj:transform`` or ``proj:bbox``+``proj:shape``, else the
+  header of one band COG per MGRS tile), by the rule every provider shares
+  (:mod:`eoembed.working_grid`); assets on that lattice are read without resampling. The search
+  made for the grid is the one the fetch uses.
+* **Several UTM zones** — assets in another CRS are warped to the grid's CRS; items of one acquisition
   (same datatake) are merged into one scene before compositing, so overlapping tiles are
   not counted twice by the median.
 * **Clouds** — the ``SCL`` band masks no-data, saturated, cloud-shadow, cloud and cirrus pixels.
@@ -35,6 +40,7 @@ import random
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,11 +57,13 @@ from rasterio.errors import RasterioIOError
 from ..errors import ProviderError, SpecError
 from ..grid import GridSpec, roi_mask
 from ..sensors import S2_BANDS, SCL_INVALID, normalize_band
-from ..specs import SensorSpec, TemporalSpec
+from ..specs import SensorSpec, SpatialSpec, TemporalSpec
+from ..working_grid import Lattice, place_lonlat
 from .base import FetchRequest, Observation, Provider, make_observation
-from .composite import composite, frame_series
+from .composite import composite, frame_series, scene_date
 from .raster_io import read_to_grid
 from .redact import install_log_redaction, redact
+from .stac_lattice import header_lattice, proj_lattices
 from .transient import RemoteFailure, classify, probe
 
 log = logging.getLogger(__name__)
@@ -93,6 +101,7 @@ class StacItem:
     acquisition: str
     footprint: shapely.Geometry | None = None
     properties: dict[str, Any] = field(default_factory=dict)
+    lattices: list[Lattice] = field(default_factory=list)  # from proj:*; empty: read a COG header
 
     @property
     def date(self) -> date:
@@ -153,6 +162,7 @@ def parse_item(item: dict[str, Any]) -> StacItem | None:
     if not when:
         return None
     hrefs: dict[str, str] = {}
+    keys: dict[str, str] = {}
     exact: set[str] = set()
     for key, asset in (item.get("assets") or {}).items():
         band = _asset_band(key, asset)
@@ -161,6 +171,7 @@ def parse_item(item: dict[str, Any]) -> StacItem | None:
         is_exact = key.upper() == band or key.lower() in ("scl",)
         if band not in hrefs or (is_exact and band not in exact):
             hrefs[band] = asset["href"]
+            keys[band] = key
             if is_exact:
                 exact.add(band)
     scl = hrefs.pop("SCL", None)
@@ -188,6 +199,7 @@ def parse_item(item: dict[str, Any]) -> StacItem | None:
         acquisition=str(acq),
         footprint=footprint,
         properties={k: props[k] for k in ("platform", "s2:processing_baseline", "s2:mgrs_tile", "proj:epsg") if k in props},
+        lattices=proj_lattices(item, [k for b, k in keys.items() if b != "SCL"], footprint, str(item.get("id"))),
     )
 
 
@@ -269,6 +281,8 @@ class StacProvider(Provider):
         self._lock = threading.RLock()
         self._client: Any = None
         self._token: tuple[str, float] | None = None  # (SAS token, expiry as time.time())
+        self._searched: OrderedDict[tuple, tuple[list[StacItem], int]] = OrderedDict()  # grid_for → fetch
+        self._headers: dict[str, Lattice | None] = {}  # COG href → its lattice
         install_log_redaction("rasterio", "pystac_client")
 
     # -- HTTP helpers -----------------------------------------------------------------------
@@ -395,7 +409,7 @@ class StacProvider(Provider):
 
     # -- search -----------------------------------------------------------------------------
     def search(self, spatial: Any, temporal: TemporalSpec, sensor: SensorSpec,
-               stats: dict[str, int] | None = None) -> list[StacItem]:
+               stats: dict[str, int] | None = None, max_items: int | None = None) -> list[StacItem]:
         """Items of the collection over `spatial` in `temporal` with cloud cover ≤ ``cloudy_pct``."""
         client = self._open_client()
         place = spatial.shape("EPSG:4326")
@@ -405,7 +419,7 @@ class StacProvider(Provider):
             "collections": [self.collection],
             "intersects": shapely.geometry.mapping(place),
             "datetime": window,
-            "max_items": self.search_limit,
+            "max_items": max_items or self.search_limit,
             "limit": 100,
         }
         from pystac_client.conformance import ConformanceClasses
@@ -447,6 +461,85 @@ class StacProvider(Provider):
                 for it in group:
                     chosen[it.id] = it
         return sorted(chosen.values(), key=lambda i: (i.when, i.id))
+
+    # -- grid -------------------------------------------------------------------------------
+    def _items_for(self, spatial: SpatialSpec, temporal: TemporalSpec, sensor: SensorSpec,
+                   stats: dict[str, int] | None = None, keep: bool = False) -> list[StacItem]:
+        """The search for one place and window, done once for its grid and its fetch.
+
+        `keep`: leave the answer for the fetch that follows (grid_for); otherwise a kept answer
+        is used up, so that a later fetch of the same place searches afresh.
+        """
+        key = (spatial.key(), temporal.key(), sensor.cloudy_pct)
+        with self._lock:
+            hit = self._searched.get(key) if keep else self._searched.pop(key, None)
+        if hit is not None:
+            if stats is not None:
+                stats["http_retries"] = stats.get("http_retries", 0) + hit[1]
+            return hit[0]
+        own: dict[str, int] = {"http_retries": 0}
+        items = self.search(spatial, temporal, sensor, own)
+        if stats is not None:
+            stats["http_retries"] = stats.get("http_retries", 0) + own["http_retries"]
+        if keep:
+            with self._lock:
+                self._searched[key] = (items, own["http_retries"])
+                while len(self._searched) > 256:
+                    self._searched.popitem(last=False)
+        return items
+
+    def lattices(self, spatial: SpatialSpec, sensor: SensorSpec,
+                 temporal: TemporalSpec | None = None) -> list[Lattice]:
+        """Lattices of the items under the place's centre: their ``proj:*`` metadata, else the
+        header of one band COG per MGRS tile. Without a window, the 100 latest items count.
+
+        A failed search raises its ProviderError here: a grid never depends on a transient failure.
+        """
+        if temporal is None:
+            items = self.search(spatial, TemporalSpec(date(1970, 1, 1), date(2100, 1, 1)), sensor, max_items=100)
+        else:
+            items = self._items_for(spatial, temporal, sensor, keep=True)
+        centre = shapely.geometry.Point(*place_lonlat(spatial))
+        out: list[Lattice] = []
+        unknown: dict[str, StacItem] = {}
+        for it in items:
+            if it.footprint is not None and not it.footprint.intersects(centre):
+                continue
+            if it.lattices:
+                out += it.lattices
+            else:
+                unknown.setdefault(str(it.properties.get("s2:mgrs_tile") or it.id), it)
+        for it in unknown.values():
+            lat = self._header_lattice(it, sensor)
+            if lat is not None:
+                out.append(lat)
+        return out
+
+    def _header_lattice(self, item: StacItem, sensor: SensorSpec) -> Lattice | None:
+        """The lattice in the header of one of the item's band COGs (a 10 m band when it has one)."""
+        wanted = [b for b in ("B02", "B03", "B04", "B08") if b in item.hrefs and b in (sensor.bands or (b,))]
+        band = (wanted or [b for b in (sensor.bands or ()) if b in item.hrefs] or sorted(item.hrefs))[0]
+        href = item.hrefs[band]
+        with self._lock:
+            if href in self._headers:
+                return self._headers[href]
+
+        def read() -> Lattice | None:
+            with rasterio.Env(**self._gdal_env()), rasterio.open(self.sign(href)) as src:
+                return header_lattice(src, item.footprint, item.id)
+
+        try:
+            lat = self._retry(f"reading the header of band {band} of item {item.id}", read)
+        except RasterioIOError as exc:
+            tries = f" after {self.retries + 1} attempts" if _is_transient(exc) else ""
+            raise ProviderError(
+                f"could not read the header of band {band} of item {item.id} from "
+                f"{urlparse(href).netloc or 'its file'} ({redact(str(exc))}){tries}; the asset may be "
+                "unavailable, try again later"
+            ) from None
+        with self._lock:
+            self._headers[href] = lat
+        return lat
 
     # -- reading ----------------------------------------------------------------------------
     def read_asset(self, href: str, grid: GridSpec, resampling: Resampling, nodata: float | None,
@@ -518,7 +611,7 @@ class StacProvider(Provider):
         sensor, grid, temporal = request.sensor, request.grid, request.temporal
         bands = list(sensor.bands or [b for b in S2_BANDS if b not in ("B10", "SCL")])
         stats: dict[str, int] = {"http_retries": 0}
-        found = self.search(request.spatial, temporal, sensor, stats)
+        found = self._items_for(request.spatial, temporal, sensor, stats)
         if not found:
             raise ProviderError(
                 f"no {self.collection} items at {self.host} intersect the place between {temporal.start} and "
@@ -555,7 +648,7 @@ class StacProvider(Provider):
         if request.frames is None:
             values, ok = composite(stack_a, valid_a, when, sensor.composite, sensor.fill_value)
             values, ok = values[None], ok[None]
-            frame_dates = [temporal.midpoint if len(when) > 1 else when[0]]
+            frame_dates = [scene_date(when, valid_a) or temporal.midpoint]
         else:
             fr = frame_series(stack_a, valid_a, when, temporal, request.frames, sensor.composite, sensor.fill_value)
             values, ok, frame_dates = fr.values, fr.valid, fr.dates
