@@ -3,9 +3,10 @@
 On each real Sentinel-2 L2A tile in ``../shared/data/s2_l2a_tiles`` (centre of the tile):
 
 * ``footprint`` — ``PointBuffer(lon, lat, 640)`` as eoembed reads it (a 1280 m ground square on
-  the tile's UTM pixels) against the square rs-embed samples for the same numbers: ±640 units of
-  EPSG:3857 at 10 units per pixel, i.e. 128 × 128 pixels of 10·k ground metres, k ≈ cos(lat).
-  Both read through eoembed's local provider; the second is ``BBox(..., crs="EPSG:3857")``.
+  the tile's UTM pixels) against the ground area rs-embed samples for the same numbers: ±640 units
+  of EPSG:3857, i.e. a square of 1280·k ground metres, k ≈ cos(lat). Both read through eoembed's
+  local provider on 10 m ground pixels (the second as ``BBox(..., crs="EPSG:3857")``), so only the
+  footprint differs.
 * ``galileo inputs`` — Galileo-nano with its published per-band statistics (eoembed) against the
   same pixels scaled by 1/10000 only (an un-standardised input path).
 
