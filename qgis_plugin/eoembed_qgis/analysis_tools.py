@@ -24,10 +24,12 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.gui import QgsMapToolEmitPoint
-from qgis.PyQt.QtWidgets import QAction, QInputDialog
+from qgis.PyQt.QtWidgets import QInputDialog
 
 from . import analysis_io, messages
 from .analysis_io import AnalysisError
+from .compat import QAction
+from .icons import icon
 from .layers import result_group
 from .styles import style_clusters, style_similarity
 
@@ -60,7 +62,7 @@ def _out_path(grid: QgsRasterLayer, kind: str, out_dir: str | Path | None) -> Pa
 
 def _model_of(grid: QgsRasterLayer) -> str:
     with contextlib.suppress(Exception):
-        return str(analysis_io.read_grid(analysis_io.raster_path(grid)).meta.get("model") or "analysis")
+        return str(analysis_io.grid_meta(analysis_io.raster_path(grid)).get("model") or "analysis")
     return "analysis"
 
 
@@ -87,7 +89,7 @@ def similarity_from_point(grid: QgsRasterLayer, point: QgsPointXY, crs: QgsCoord
     try:
         path = analysis_io.similarity_to_point(analysis_io.raster_path(grid), point.x(), point.y(),
                                                analysis_io.crs_text(crs), out)
-    except ValueError as exc:  # SpecError: outside the grid, a cell without data
+    except ValueError as exc:  # GridMathError: a reference without data
         raise AnalysisError(str(exc)) from exc
     name = f"similarity to ({point.x():.0f}, {point.y():.0f})"
     return add_result_layer(path, name, "similarity", _model_of(grid), project)
@@ -163,15 +165,15 @@ class AnalysisActions:
         self.iface, self.toolbar, self.menu = iface, toolbar, menu
         parent = iface.mainWindow()
         self.tool = SimilarityMapTool(iface)
-        self.point_action = QAction("Similarity from a clicked point", parent)
+        self.point_action = QAction(icon("similarity_point"), "Similarity from a clicked point", parent)
         self.point_action.setObjectName("eoembedSimilarityPoint")
         self.point_action.setCheckable(True)
         self.point_action.triggered.connect(self.activate_tool)
         self.tool.setAction(self.point_action)
-        self.features_action = QAction("Similarity to the selected features", parent)
+        self.features_action = QAction(icon("similarity_features"), "Similarity to the selected features", parent)
         self.features_action.setObjectName("eoembedSimilarityFeatures")
         self.features_action.triggered.connect(self.from_selection)
-        self.text_action = QAction("Find by text (CLIP models)…", parent)
+        self.text_action = QAction(icon("text"), "Find by text (CLIP models)…", parent)
         self.text_action.setObjectName("eoembedTextQuery")
         self.text_action.triggered.connect(self.ask_text)
         self.actions = [self.point_action, self.features_action, self.text_action]

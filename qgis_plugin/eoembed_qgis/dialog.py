@@ -37,8 +37,8 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from . import settings
-from .runner import RunnerError, run_worker_command
+from . import imagery, messages, model_cache, settings
+from .icons import icon
 
 KEY = "eoembed/dialog/"
 #: above these, the dialog asks before starting
@@ -62,26 +62,75 @@ DEFAULTS: dict[str, Any] = {
     "id_field": "",
 }
 
-_CARDS: dict[str, dict[str, Any]] = {}
-
-
 def model_cards(python: str | None = None, refresh: bool = False) -> dict[str, Any]:
-    """Model id → card from the engine (cached per engine Python for the session)."""
+    """Model id → card: from the cache, or asked from the engine now when `refresh` (blocking)."""
     python = python or settings.engine_python()
-    if refresh or python not in _CARDS:
-        _CARDS[python] = run_worker_command("--models", python, timeout=120)["models"]
-    return _CARDS[python]
+    if refresh:
+        return model_cache.refresh(python, settings.worker_extra_env())
+    return model_cache.cards(python)
+
+
+def state_text(card: dict[str, Any], local: str | None = None) -> str:
+    """ready / needs download / needs a local file / unavailable, for the model list."""
+    if local:
+        return "ready (local weights)" if Path(local).exists() else f"local weights missing: {local}"
+    ws = card.get("weights_state") or {}
+    if "error" in card:
+        return "unavailable"
+    return {"ready": "ready", "download": "needs download", "local": "needs a local weights file",
+            "unavailable": "unavailable"}.get(ws.get("state"), "state unknown")
 
 
 def describe_card(card: dict[str, Any]) -> str:
     """The lines of a model card the dialog shows."""
     if "error" in card:
         return f"{card['id']}: {card['error']}"
-    return (f"{card.get('summary', '')}\n"
+    aka = f" · also called {', '.join(card['aliases'])}" if card.get("aliases") else ""
+    if "bands" not in card:  # the built-in entry, before the engine has answered
+        return f"{card.get('summary', card.get('id', ''))}\n(the full card appears once the engine has answered)"
+    return (f"{card.get('summary', '')}{aka}\n"
             f"bands: {', '.join(card.get('bands', []))} at {card.get('scale_m', '?'):g} m · "
             f"dims: {card.get('dim')} · outputs: {', '.join(card.get('outputs', []))} · "
             f"time: {card.get('temporal')}\n"
-            f"weights: {card.get('weights')} · licence: {card.get('license')}")
+            f"weights: {card.get('weights')} · licence: {card.get('license')}\n"
+            f"{(card.get('weights_state') or {}).get('text', '')}")
+
+
+_DOWNLOADS: list[Any] = []
+
+
+def start_download(model: str, on_done: Any = None) -> Any:
+    """A QgsTask that downloads `model`'s weights through the worker, then refreshes the model list."""
+    from qgis.core import QgsApplication, QgsTask
+
+    from .runner import RunnerError, run_worker_command
+
+    python, env = settings.engine_python(), settings.worker_extra_env()
+    state: dict[str, Any] = {}
+
+    def work(task: Any) -> bool:
+        try:
+            state["file"] = run_worker_command(["--download", model], python, timeout=6 * 3600, env=env)["file"]
+            state["models"] = model_cache.refresh(python, env)
+        except RunnerError as exc:
+            state["error"] = str(exc)
+        return True
+
+    def finished(exception: Exception | None, result: Any = None) -> None:
+        if task in _DOWNLOADS:
+            _DOWNLOADS.remove(task)
+        err = state.get("error") or (str(exception) if exception else "")
+        if err:
+            messages.error(None, f"the weights of {model} could not be downloaded: {err}")
+        else:
+            messages.log(f"downloaded the weights of {model}: {state.get('file')}")
+        if on_done is not None:
+            on_done(state.get("models"), err)
+
+    task = QgsTask.fromFunction(f"eoembed: downloading the weights of {model}", work, on_finished=finished)
+    _DOWNLOADS.append(task)
+    QgsApplication.taskManager().addTask(task)
+    return task
 
 
 def load_memory() -> dict[str, Any]:
@@ -125,12 +174,18 @@ class EmbedDialog(QDialog):
         form = QFormLayout()
 
         self.model_combo = QComboBox()
-        self.model_combo.addItems(sorted(self.cards) or [mem["model"]])
+        self._fill_models(self.cards, mem["model"])
         self.model_info = QLabel()
         self.model_info.setWordWrap(True)
-        self.model_info.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        self.model_combo.currentTextChanged.connect(self._show_card)
-        form.addRow("Model", self.model_combo)
+        self.model_info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.model_combo.currentIndexChanged.connect(lambda _i: self._show_card(self.model_id()))
+        self.download_button = QPushButton(icon("download"), "Download weights")
+        self.download_button.setToolTip("Fetch the chosen model's weights in the background")
+        self.download_button.clicked.connect(lambda: self.download_weights())
+        mrow = QHBoxLayout()
+        mrow.addWidget(self.model_combo, 1)
+        mrow.addWidget(self.download_button)
+        form.addRow("Model", mrow)
         form.addRow("", self.model_info)
 
         self.time_all = QRadioButton("All dates")
@@ -173,13 +228,8 @@ class EmbedDialog(QDialog):
             self.source_combo.addItem(label, k)
         self.source_stack = QStackedWidget()
         self.raster_list = QListWidget()
-        for lyr in QgsProject.instance().mapLayers().values():
-            if isinstance(lyr, QgsRasterLayer):
-                item = QListWidgetItem(lyr.name())
-                item.setData(Qt.UserRole, lyr.id())
-                item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-                item.setCheckState(Qt.Checked)
-                self.raster_list.addItem(item)
+        self.rgb_layers: set[str] = set()
+        self._fill_rasters()
         self.local_edit = QLineEdit()
         self.local_edit.setPlaceholderText("files or folders, separated by ;")
         local_w = QWidget()
@@ -208,8 +258,8 @@ class EmbedDialog(QDialog):
         orow.addWidget(obrowse)
         form.addRow("Output folder", orow)
 
-        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
-        buttons.button(QDialogButtonBox.Ok).setText("Embed")
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Embed")
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         lay = QVBoxLayout(self)
@@ -218,17 +268,70 @@ class EmbedDialog(QDialog):
         self.set_options(mem)
 
     def _load_cards(self) -> dict[str, Any]:
-        try:
-            return model_cards()
-        except RunnerError as exc:
-            from . import messages
+        return model_cache.cards(settings.engine_python())
 
-            messages.log(f"could not list the engine's models: {exc}\n{exc.details}")
-            return {}
+    def _fill_models(self, cards: dict[str, Any], current: str) -> None:
+        """One entry per model (aliases fold into their canonical id), with its weights state."""
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        ids = sorted(m for m, c in cards.items() if c.get("id", m) == m) or [current]
+        for mid in ids:
+            card = cards.get(mid, {})
+            self.model_combo.addItem(f"{mid} — {state_text(card, settings.weights_for(mid))}", mid)
+        canonical = next((m for m, c in cards.items() if current in (c.get("aliases") or [])), current)
+        self.model_combo.setCurrentIndex(max(self.model_combo.findData(canonical), 0))
+        self.model_combo.blockSignals(False)
+
+    def update_cards(self, cards: dict[str, Any] | None, error: str = "") -> None:
+        """New cards from the background refresh (keeps the chosen model)."""
+        with contextlib.suppress(RuntimeError):  # the dialog may be gone
+            if cards:
+                self.cards = cards
+                self._fill_models(cards, self.model_id())
+                self._show_card(self.model_id())
+            elif error:
+                self.model_info.setText(f"the engine could not list its models: {error}")
+
+    def model_id(self) -> str:
+        """The chosen model's canonical id."""
+        return str(self.model_combo.currentData() or self.model_combo.currentText())
+
+    def _fill_rasters(self) -> None:
+        """The project's rasters: imagery ticked; outputs hidden; others greyed with the reason."""
+        for lyr in QgsProject.instance().mapLayers().values():
+            if not isinstance(lyr, QgsRasterLayer):
+                continue
+            path = lyr.source().split("|")[0]
+            if lyr.providerType() != "gdal" or not Path(path).is_file():
+                continue
+            v = imagery.classify(path)
+            if "eoembed output" in v.reason:
+                continue
+            item = QListWidgetItem(lyr.name())
+            item.setData(Qt.ItemDataRole.UserRole, lyr.id())
+            item.setToolTip(v.reason)
+            if v.usable:
+                item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+                item.setCheckState(Qt.CheckState.Checked)
+            elif v.needs_confirmation:
+                item.setText(f"{lyr.name()} — tick to use as Sentinel-2 true colour (B04, B03, B02)")
+                item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+                item.setCheckState(Qt.CheckState.Unchecked)
+                self.rgb_layers.add(lyr.id())
+            else:
+                item.setText(f"{lyr.name()} — not used: {v.reason.split(': ', 1)[-1]}")
+                item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsUserCheckable & ~Qt.ItemFlag.ItemIsEnabled)
+            self.raster_list.addItem(item)
+
+    def download_weights(self) -> Any:
+        """Fetch the chosen model's checkpoint in a background task (the engine's worker does it)."""
+        return start_download(self.model_id(), on_done=lambda models, err: self.update_cards(models, err))
 
     def _show_card(self, model: str) -> None:
         card = self.cards.get(model)
         self.model_info.setText(describe_card(card) if card else "(the engine did not describe this model)")
+        state = ((card or {}).get("weights_state") or {}).get("state")
+        self.download_button.setEnabled(state == "download")
 
     def _browse_local(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Imagery folder", self.local_edit.text())
@@ -243,9 +346,9 @@ class EmbedDialog(QDialog):
     # -- state --------------------------------------------------------------------------
     def set_options(self, o: dict[str, Any]) -> None:
         """Put `o` (the keys of :data:`DEFAULTS`) into the widgets."""
-        if self.model_combo.findText(o["model"]) >= 0:
-            self.model_combo.setCurrentText(o["model"])
-        self._show_card(self.model_combo.currentText())
+        if self.model_combo.findData(o["model"]) >= 0:
+            self.model_combo.setCurrentIndex(self.model_combo.findData(o["model"]))
+        self._show_card(self.model_id())
         {"year": self.time_year, "range": self.time_range}.get(o["time_mode"], self.time_all).setChecked(True)
         self.year_spin.setValue(int(o["year"]))
         self.start_edit.setDate(QDate.fromString(str(o["start"]), "yyyy-MM-dd"))
@@ -264,10 +367,11 @@ class EmbedDialog(QDialog):
     def options(self) -> dict[str, Any]:
         """The choices as a plain dict (what build_job and the memory use)."""
         mode = "year" if self.time_year.isChecked() else "range" if self.time_range.isChecked() else "all"
-        rasters = [self.raster_list.item(i).data(Qt.UserRole) for i in range(self.raster_list.count())
-                   if self.raster_list.item(i).checkState() == Qt.Checked]
+        rasters = [self.raster_list.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.raster_list.count())
+                   if self.raster_list.item(i).checkState() == Qt.CheckState.Checked]
         return {
-            "model": self.model_combo.currentText(),
+            "model": self.model_id(),
+            "confirmed_rgb": [r for r in rasters if r in self.rgb_layers],
             "time_mode": mode,
             "year": self.year_spin.value(),
             "start": self.start_edit.date().toString("yyyy-MM-dd"),
@@ -300,4 +404,4 @@ def confirm_big_job(parent: QWidget | None, est: dict[str, float]) -> bool:
         return True
     text = (f"This job embeds {int(est['items']):,} features and fetches about "
             f"{est['pixels'] / 1e6:,.1f} million pixels per band. Continue?")
-    return QMessageBox.question(parent, "eoembed — big job", text) == QMessageBox.Yes
+    return QMessageBox.question(parent, "eoembed — big job", text) == QMessageBox.StandardButton.Yes

@@ -24,6 +24,8 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
+from . import imagery
+
 OUTPUTS = ("pooled", "grid", "grid_extent")
 SOURCES = ("project", "local", "stac", "gee")
 
@@ -44,9 +46,10 @@ def suitability(layer: QgsMapLayer | None) -> str | None:
 
 
 def snapshot(layer: QgsVectorLayer, id_field: str | None = None) -> list[dict[str, str]]:
-    """The selected features as ``{"id", "wkt"}`` in the layer's CRS (empty geometries skipped).
+    """The selected features as ``{"id", "wkt", "fid"}`` in the layer's CRS (empty geometries skipped).
 
-    `id_field` names the attribute that identifies a feature; None uses the feature id.
+    `id_field` names the attribute that identifies a feature; None uses the feature id. Ids are
+    made unique: a repeated value gets ``_2``, ``_3`` …; an empty one becomes ``fid<feature id>``.
     """
     names = layer.fields().names()
     use_field = id_field if id_field and id_field in names else None
@@ -54,12 +57,19 @@ def snapshot(layer: QgsVectorLayer, id_field: str | None = None) -> list[dict[st
     if use_field is None:
         request.setNoAttributes()
     items = []
+    seen: set[str] = set()
     for f in layer.getFeatures(request):
         g = f.geometry()
         if g is None or g.isEmpty():
             continue
-        fid = f[use_field] if use_field else f.id()
-        items.append({"id": str(fid), "wkt": g.asWkt(precision=17)})
+        value = f[use_field] if use_field else f.id()
+        fid = str(value) if value not in (None, "") and str(value) != "NULL" else f"fid{f.id()}"
+        base, n = fid, 1
+        while fid in seen:  # duplicate ids get a suffix, so every output name is unique
+            n += 1
+            fid = f"{base}_{n}"
+        seen.add(fid)
+        items.append({"id": fid, "wkt": g.asWkt(precision=17), "fid": int(f.id())})
     items.sort(key=lambda it: it["id"])
     return items
 
@@ -72,8 +82,13 @@ def crs_text(crs: QgsCoordinateReferenceSystem) -> str:
     return crs.toWkt(QgsCoordinateReferenceSystem.WKT2_2019)
 
 
-def raster_layer_paths(layer_ids: list[str] | None = None) -> list[str]:
-    """File paths of the project's (chosen) raster layers that GDAL reads from disk."""
+def raster_layer_paths(layer_ids: list[str] | None = None, confirmed: list[str] | None = None,
+                       left_out: list[str] | None = None) -> list[str]:
+    """File paths of the project's (chosen) raster layers that are imagery the engine can read.
+
+    The plugin's own outputs and rasters whose bands cannot be identified are left out (their
+    reasons appended to `left_out`); 3 unnamed bands count only for layer ids in `confirmed`.
+    """
     paths = []
     for lyr in QgsProject.instance().mapLayers().values():
         if not isinstance(lyr, QgsRasterLayer) or lyr.providerType() != "gdal":
@@ -81,18 +96,28 @@ def raster_layer_paths(layer_ids: list[str] | None = None) -> list[str]:
         if layer_ids is not None and lyr.id() not in layer_ids:
             continue
         path = lyr.source().split("|")[0]
-        if Path(path).is_file() and path not in paths:
+        if not Path(path).is_file() or path in paths:
+            continue
+        v = imagery.classify(path)
+        if v.usable or (v.needs_confirmation and lyr.id() in (confirmed or [])):
             paths.append(path)
+        elif left_out is not None:
+            left_out.append(v.reason)
     return paths
 
 
-def source_dict(options: dict[str, Any]) -> dict[str, Any]:
-    """The job's imagery source from the dialog's options."""
+def source_dict(options: dict[str, Any], left_out: list[str] | None = None) -> dict[str, Any]:
+    """The job's imagery source from the dialog's options (unusable rasters left out, see imagery)."""
     kind = options.get("source", "project")
     if kind == "project":
-        return {"kind": "local", "paths": raster_layer_paths(options.get("raster_layers"))}
+        return {"kind": "local", "paths": raster_layer_paths(options.get("raster_layers"),
+                                                             options.get("confirmed_rgb"), left_out)}
     if kind == "local":
-        return {"kind": "local", "paths": [p for p in options.get("local_paths", []) if p]}
+        keep, out = imagery.usable_files([p for p in options.get("local_paths", []) if p],
+                                         set(options.get("confirmed_rgb_files") or []))
+        if left_out is not None:
+            left_out += out
+        return {"kind": "local", "paths": keep}
     if kind == "stac":
         return {"kind": "stac", "url": options.get("stac_url") or "earth-search"}
     if kind == "gee":
@@ -119,7 +144,11 @@ def build_job(layer: QgsVectorLayer, options: dict[str, Any], places: list[dict[
     model = options.get("model", "rcf")
     safe_layer = "".join(c if c.isalnum() else "_" for c in layer.name())[:40] or "layer"
     name = options.get("name") or f"{safe_layer}_{model}_{time.strftime('%Y%m%d_%H%M%S')}"
+    left_out: list[str] = []
+    source = source_dict(options, left_out)
     return {
+        "layer_id": layer.id(),
+        "left_out": left_out,
         "model": model,
         "model_config": dict(options.get("model_config") or {}),
         "weights": options.get("weights") or None,
@@ -128,7 +157,7 @@ def build_job(layer: QgsVectorLayer, options: dict[str, Any], places: list[dict[
         "buffer_m": float(options.get("buffer_m", 320.0)),
         "temporal": temporal_dict(options),
         "output": options.get("output", "pooled"),
-        "source": source_dict(options),
+        "source": source,
         "device": options.get("device") or "cpu",
         "out_dir": str(options.get("out_dir") or Path.home() / "eoembed"),
         "name": name,

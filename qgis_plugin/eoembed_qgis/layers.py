@@ -15,11 +15,12 @@ from typing import Any
 
 from qgis.core import (
     QgsLayerTreeGroup,
-    QgsMultiBandColorRenderer,
     QgsProject,
     QgsRasterLayer,
     QgsVectorLayer,
 )
+
+from .styles import style_pca_rgb
 
 
 def group_name(model: str) -> str:
@@ -52,13 +53,6 @@ def pooled_layer(path: str, name: str) -> QgsVectorLayer:
     return QgsVectorLayer(uri, name, "ogr")
 
 
-def style_pca_rgb(layer: QgsRasterLayer) -> None:
-    """Show bands 1, 2, 3 (PC1–PC3, already stretched to 1–255 by the worker) as red, green, blue."""
-    renderer = QgsMultiBandColorRenderer(layer.dataProvider(), 1, 2, 3)
-    layer.setRenderer(renderer)
-    layer.triggerRepaint()
-
-
 def grid_layers(grid: dict[str, Any], prefix: str) -> tuple[QgsRasterLayer | None, QgsRasterLayer]:
     """(PCA-RGB display layer or None, embedding layer) for one grid of the result."""
     emb = QgsRasterLayer(grid["path"], f"{prefix}{grid['id']} — embedding", "gdal")
@@ -70,17 +64,68 @@ def grid_layers(grid: dict[str, Any], prefix: str) -> tuple[QgsRasterLayer | Non
     return pca, emb
 
 
-def add_results(result: dict[str, Any], job: dict[str, Any], project: QgsProject | None = None) -> list[Any]:
-    """Add a runner result to the project; returns the layers added (top first)."""
+def copy_attributes(pooled: QgsVectorLayer, source: QgsVectorLayer, places: list[dict[str, Any]]) -> int:
+    """Give the pooled layer the source features' own attributes (matched by feature id).
+
+    Source fields whose names clash with the pooled layer's (id, model, e0…) get a ``src_``
+    prefix. Returns the number of features updated.
+    """
+    from qgis.core import QgsFeatureRequest, QgsField
+
+    fid_of = {str(p["id"]): int(p["fid"]) for p in places if "fid" in p}
+    if not fid_of or not pooled.isValid():
+        return 0
+    taken = set(pooled.fields().names())
+    names = []
+    new_fields = []
+    for f in source.fields():
+        name = f.name() if f.name() not in taken else f"src_{f.name()}"
+        names.append(name)
+        new_fields.append(QgsField(name, f.type(), f.typeName(), f.length(), f.precision()))
+    prov = pooled.dataProvider()
+    if not prov.addAttributes(new_fields):
+        return 0
+    pooled.updateFields()
+    index = [pooled.fields().indexOf(n) for n in names]
+    wanted = set(fid_of.values())
+    src = {f.id(): f.attributes() for f in source.getFeatures(QgsFeatureRequest().setFilterFids(list(wanted)))}
+    changes = {}
+    for feat in pooled.getFeatures():
+        fid = fid_of.get(str(feat["id"]))
+        if fid in src:
+            changes[feat.id()] = dict(zip(index, src[fid]))
+    prov.changeAttributeValues(changes)
+    return len(changes)
+
+
+def add_results(result: dict[str, Any], job: dict[str, Any], project: QgsProject | None = None,
+                source: QgsVectorLayer | None = None) -> list[Any]:
+    """Add a runner result to the project; returns the layers added (top first).
+
+    Pooled vectors keep the `source` features' attributes. Several grids go into a group of
+    their own with only the PCA views visible, the embedding rasters in a hidden sub-group.
+    """
     model = str(result.get("model") or job.get("model"))
     group = result_group(model, project)
     added: list[Any] = []
     if result.get("pooled"):
-        added.append(_add(pooled_layer(result["pooled"], f"{job['name']} (pooled)"), group, project=project))
-    prefix = "" if len(result.get("grids", [])) > 1 else f"{job['name']} "
-    for grid in reversed(result.get("grids", [])):
+        pooled = pooled_layer(result["pooled"], f"{job['name']} (pooled)")
+        if source is not None:
+            copy_attributes(pooled, source, job.get("places") or [])
+        added.append(_add(pooled, group, project=project))
+    grids = result.get("grids", [])
+    if len(grids) > 1:
+        group = group.insertGroup(0, f"{job['name']} — {len(grids)} grids")
+        emb_group = group.addGroup("embeddings (for analysis)")
+        emb_group.setItemVisibilityChecked(False)
+        emb_group.setExpanded(False)
+    else:
+        emb_group = group
+    prefix = "" if len(grids) > 1 else f"{job['name']} "
+    for grid in reversed(grids):
         pca, emb = grid_layers(grid, prefix)
-        added.append(_add(emb, group, visible=pca is None or not pca.isValid(), project=project))
+        added.append(_add(emb, emb_group, visible=(pca is None or not pca.isValid()) and len(grids) == 1,
+                          project=project))
         if pca is not None and pca.isValid():
             added.append(_add(pca, group, project=project))
     return added

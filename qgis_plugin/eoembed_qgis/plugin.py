@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any
 
 from qgis.core import QgsApplication, QgsMapLayer, QgsVectorLayer
-from qgis.PyQt.QtWidgets import QAction, QDialog
+from qgis.PyQt.QtCore import QUrl
+from qgis.PyQt.QtGui import QDesktopServices
+from qgis.PyQt.QtWidgets import QDialog
 
 from . import messages, settings
+from .compat import QAction
+from .icons import icon
 from .job import build_job, estimate, suitability
-from .runner import RunnerError
 from .task import EmbedTask
 
 MENU = "&eoembed"
 ACTION_TEXT = "Embed selected features"
+HELP = Path(__file__).resolve().with_name("help") / "index.html"
 
 
 class EoembedPlugin:
@@ -24,6 +29,10 @@ class EoembedPlugin:
         self.iface = iface
         self.action: QAction | None = None
         self.settings_action: QAction | None = None
+        self.setup_action: QAction | None = None
+        self.help_action: QAction | None = None
+        self.options_factory: Any = None
+        self.setup_dialog: Any = None
         self.tasks: list[EmbedTask] = []
         self._watched: QgsVectorLayer | None = None
         self.provider = None
@@ -43,19 +52,30 @@ class EoembedPlugin:
 
     def initGui(self) -> None:  # noqa: N802
         parent = self.iface.mainWindow()
-        self.action = QAction(ACTION_TEXT, parent)
+        self.action = QAction(icon("embed"), ACTION_TEXT, parent)
         self.action.setObjectName("eoembedEmbedSelected")
         self.action.triggered.connect(self.run)
         self.iface.addToolBarIcon(self.action)
         self.iface.addPluginToMenu(MENU, self.action)
-        self.settings_action = QAction("Settings and diagnostics…", parent)
+        self.setup_action = QAction(icon("setup"), "Set up the engine…", parent)
+        self.setup_action.setObjectName("eoembedSetup")
+        self.setup_action.triggered.connect(self.open_setup)
+        self.settings_action = QAction(icon("settings"), "Settings and diagnostics…", parent)
+        self.settings_action.setObjectName("eoembedSettings")
         self.settings_action.triggered.connect(self.open_settings)
-        self.iface.addPluginToMenu(MENU, self.settings_action)
+        self.help_action = QAction(icon("help"), "Help", parent)
+        self.help_action.setObjectName("eoembedHelp")
+        self.help_action.triggered.connect(self.open_help)
+        for a in (self.setup_action, self.settings_action, self.help_action):
+            self.iface.addPluginToMenu(MENU, a)
         self.iface.currentLayerChanged.connect(self._layer_changed)
         self._layer_changed(self.iface.activeLayer())
         from .analysis_tools import add_analysis_actions
 
         self.analysis = add_analysis_actions(self.iface, None, MENU)
+        from .options_page import register_options_page
+
+        self.options_factory = register_options_page(self.iface)
         self.initProcessing()
 
     def unload(self) -> None:
@@ -64,9 +84,13 @@ class EoembedPlugin:
         self._watch(None)
         with contextlib.suppress(TypeError, RuntimeError):
             self.iface.currentLayerChanged.disconnect(self._layer_changed)
-        for a in (self.action, self.settings_action):
+        for a in (self.action, self.setup_action, self.settings_action, self.help_action):
             if a is not None:
                 self.iface.removePluginMenu(MENU, a)
+        if self.options_factory is not None:
+            with contextlib.suppress(AttributeError, RuntimeError):
+                self.iface.unregisterOptionsWidgetFactory(self.options_factory)
+            self.options_factory = None
         if self.action is not None:
             self.iface.removeToolBarIcon(self.action)
         if self.analysis is not None:
@@ -100,30 +124,50 @@ class EoembedPlugin:
 
     # -- actions ------------------------------------------------------------------------
     def open_settings(self) -> None:
-        settings.SettingsDialog(self.iface.mainWindow()).exec_()
+        self.iface.showOptionsDialog(self.iface.mainWindow(), currentPage="eoembed")
+
+    def open_setup(self) -> None:
+        """The *Set up the engine* dialog (kept open while its task runs)."""
+        from .engine_setup import EngineSetupDialog
+
+        if self.setup_dialog is None:
+            self.setup_dialog = EngineSetupDialog(self.iface.mainWindow())
+        self.setup_dialog.show()
+        self.setup_dialog.raise_()
+
+    def open_help(self) -> bool:
+        """Open the bundled documentation in the browser."""
+        return QDesktopServices.openUrl(QUrl.fromLocalFile(str(HELP)))
 
     def run(self) -> None:
-        """Open the dialog for the active layer's selection and start the job."""
+        """Open the dialog for the active layer's selection and start the job.
+
+        Never waits for the engine: the model list comes from the cache, refreshed in the
+        background when this engine Python has not answered yet.
+        """
         layer = self.iface.activeLayer()
         why = suitability(layer)
         if why is not None:
             messages.info(self.iface, why)
             return
-        from .dialog import EmbedDialog, model_cards
-
-        try:
-            cards = model_cards()
-        except RunnerError as exc:
-            python = settings.engine_python()
-            messages.error(
-                self.iface,
-                f"The eoembed engine is not usable from {python}: run `{settings.fix_hint(python)}` "
-                "or choose its Python in eoembed ▸ Settings and diagnostics.",
-                f"{exc}\n{exc.details}",
-            )
+        python = settings.engine_python()
+        if not python:
+            messages.info(self.iface, "the eoembed engine is not set up yet: eoembed ▸ Set up the engine")
+            self.open_setup()
             return
+        if not Path(python).exists():
+            messages.error(self.iface, f"the engine Python {python} does not exist: run eoembed ▸ Set up the "
+                           "engine, or choose another one in Settings ▸ Options ▸ eoembed")
+            return
+        from . import model_cache
+        from .dialog import EmbedDialog
+
+        cards = model_cache.cards(python)
         dlg = EmbedDialog(layer, self.iface.mainWindow(), cards=cards)
-        if dlg.exec_() != QDialog.Accepted:
+        if not model_cache.is_cached(python):
+            model_cache.refresh_in_background(python, settings.worker_extra_env(),
+                                              on_done=lambda models, err: dlg.update_cards(models, err))
+        if dlg.exec() != QDialog.DialogCode.Accepted:
             return
         self.start_job(layer, dlg.options(), cards=cards)
 
@@ -132,17 +176,31 @@ class EoembedPlugin:
         """Snapshot the selection, estimate, confirm when big, and queue an EmbedTask."""
         from .dialog import confirm_big_job
 
+        options = dict(options)
+        if not options.get("weights"):
+            options["weights"] = settings.weights_for(str(options.get("model", "")))
         try:
             job = build_job(layer, options)
         except (ValueError, KeyError) as exc:
             messages.error(self.iface, f"the job could not be built: {exc}")
             return None
+        left_out = job.pop("left_out", [])
+        if left_out:
+            messages.log("rasters left out of the imagery:\n" + "\n".join(left_out))
         if not job["places"]:
             messages.info(self.iface, "the selected features have no geometry; nothing to embed")
             return None
-        if job["source"].get("kind") == "local" and not job["source"].get("paths"):
-            messages.error(self.iface, "no imagery chosen: add raster layers to the project or pick local files")
+        from . import model_cache
+
+        card = (cards or model_cache.cards(python or settings.engine_python())).get(job["model"], {})
+        if job["source"].get("kind") == "local" and not job["source"].get("paths") and not card.get("precomputed"):
+            why = f" ({left_out[0]}{' …' if len(left_out) > 1 else ''})" if left_out else ""
+            messages.error(self.iface, "no usable imagery chosen: add Sentinel-2 raster layers to the project "
+                           f"or pick local files{why}", "\n".join(left_out))
             return None
+        if left_out:
+            messages.info(self.iface, f"{len(left_out)} raster(s) left out of the imagery: {left_out[0]}"
+                          f"{' …' if len(left_out) > 1 else ''} (details in the log)", duration=10)
         scale = float((cards or {}).get(job["model"], {}).get("scale_m", 10.0) or 10.0)
         if confirm and not confirm_big_job(self.iface.mainWindow(), estimate(layer, job, scale)):
             return None

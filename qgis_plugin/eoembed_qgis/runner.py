@@ -19,7 +19,6 @@ import queue
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -50,7 +49,11 @@ class RunnerCanceled(RunnerError):
 
 
 def default_python() -> str:
-    """The engine's interpreter: $EOEMBED_PYTHON, else a .venv beside the engine, else this one."""
+    """The engine's interpreter without settings: $EOEMBED_PYTHON, else a checkout's .venv, else "".
+
+    Never QGIS's own interpreter: on Windows and macOS ``sys.executable`` is the QGIS program,
+    and QGIS's Python must not load the engine anyway.
+    """
     env = os.environ.get("EOEMBED_PYTHON")
     if env:
         return env
@@ -58,7 +61,7 @@ def default_python() -> str:
     for cand in (repo / ".venv" / "bin" / "python", repo / ".venv" / "Scripts" / "python.exe"):
         if cand.exists():
             return str(cand)
-    return sys.executable
+    return ""
 
 
 def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -71,10 +74,13 @@ def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def _start(python: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    if not python:
+        raise RunnerError("the eoembed engine is not set up yet; run eoembed ▸ Set up the engine "
+                          "(or choose an engine Python in Settings ▸ Options ▸ eoembed)")
     if not Path(python).exists() and shutil.which(python) is None:
         raise RunnerError(
-            f"the engine Python {python!r} does not exist; set it in eoembed ▸ Settings "
-            "(a Python where `pip install eoembed` was run)"
+            f"the engine Python {python!r} does not exist; run eoembed ▸ Set up the engine "
+            "or choose another one in Settings ▸ Options ▸ eoembed"
         )
     kwargs: dict[str, Any] = {}
     if os.name == "posix":
@@ -212,11 +218,14 @@ def run_job(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_worker_command(flag: str, python: str | None = None, timeout: float = 120.0,
+def run_worker_command(args: str | list[str], python: str | None = None, timeout: float = 120.0,
                        env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run ``worker.py --models`` or ``--probe`` and return its result (RunnerError on failure)."""
+    """Run ``worker.py --models``, ``--probe`` or ``--text MODEL TEXT`` and return its result.
+
+    Raises RunnerError (one sentence + details) when the worker fails or does not answer.
+    """
     python = python or default_python()
-    proc = _start(python, [flag], worker_env(env))
+    proc = _start(python, [args] if isinstance(args, str) else list(args), worker_env(env))
     deadline = time.monotonic() + timeout
     try:
         result, error, tail = _supervise(proc, lambda _m: None, lambda: time.monotonic() > deadline)

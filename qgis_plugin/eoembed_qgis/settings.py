@@ -6,9 +6,11 @@ Stored in QgsSettings under ``eoembed/``. The diagnostics run the engine's Pytho
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
-from qgis.core import QgsSettings
+from qgis.core import QgsApplication, QgsSettings
 from qgis.PyQt.QtWidgets import (
     QComboBox,
     QDialog,
@@ -38,9 +40,27 @@ def put(key: str, value: Any) -> None:
     QgsSettings().setValue(PREFIX + key, value)
 
 
+def managed_dir() -> Path:
+    """Where *Set up the engine* puts its virtual environment: ``<profile>/eoembed/engine``."""
+    return Path(QgsApplication.qgisSettingsDirPath()) / "eoembed" / "engine"
+
+
+def managed_python() -> Path:
+    """The managed environment's interpreter (it may not exist yet)."""
+    d = managed_dir()
+    return d / "Scripts" / "python.exe" if os.name == "nt" else d / "bin" / "python"
+
+
 def engine_python() -> str:
-    """The Python that runs the engine: the setting, else $EOEMBED_PYTHON / a .venv / this one."""
-    return str(get("engine_python", "") or default_python())
+    """The Python that runs the engine: the chosen one, else the managed environment, else
+    $EOEMBED_PYTHON or a checkout's .venv; "" when none exists (then *Set up the engine*)."""
+    chosen = str(get("engine_python", "") or "")
+    if chosen:
+        return chosen
+    managed = managed_python()
+    if managed.exists():
+        return str(managed)
+    return default_python()
 
 
 def worker_extra_env() -> dict[str, str]:
@@ -54,8 +74,11 @@ def worker_extra_env() -> dict[str, str]:
 
 
 def fix_hint(python: str) -> str:
-    """The one command that installs the engine into `python`."""
-    return f"{python} -m pip install eoembed"
+    """What the user does to get a working engine for `python` (the managed one or a chosen one)."""
+    if not python or Path(python) == managed_python():
+        return "eoembed ▸ Set up the engine ▸ Repair"
+    return ("eoembed ▸ Set up the engine (a managed environment), or install the engine wheel "
+            f"bundled in the plugin's wheels/ folder with `{python} -m pip install <wheel>`")
 
 
 def diagnostics(python: str | None = None) -> tuple[bool, str]:
@@ -65,7 +88,7 @@ def diagnostics(python: str | None = None) -> tuple[bool, str]:
         info = run_worker_command("--probe", python, timeout=60, env=worker_extra_env())
     except RunnerError as exc:
         return False, (f"The engine Python {python} could not be run: {exc}\n"
-                       f"Fix: set an existing Python in eoembed ▸ Settings, then run `{fix_hint(python)}`.\n\n"
+                       f"Fix: {fix_hint(python)}.\n\n"
                        f"{exc.details}")
     lines = [f"engine Python: {info.get('python')} ({info.get('python_version')})",
              f"CUDA available: {info.get('cuda')}"]
@@ -81,19 +104,20 @@ def diagnostics(python: str | None = None) -> tuple[bool, str]:
     ok = not core
     if not ok:
         lines.insert(0, f"The eoembed engine is not usable from {python}: missing {', '.join(m.split()[0] for m in core)}. "
-                        f"Fix: run `{fix_hint(python)}` (or choose another Python in eoembed ▸ Settings).")
+                        f"Fix: {fix_hint(python)}.")
     return ok, "\n".join(lines)
 
 
-class SettingsDialog(QDialog):
-    """The plugin's settings page, with a Diagnostics button."""
+class SettingsWidget(QWidget):
+    """The plugin's settings (shown in Settings ▸ Options ▸ eoembed), with a Diagnostics button."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.setWindowTitle("eoembed — Settings")
         form = QFormLayout()
         self.python_edit = QLineEdit(str(get("engine_python", "")))
-        self.python_edit.setPlaceholderText(default_python())
+        self.python_edit.setPlaceholderText(
+            f"(the managed environment: {managed_python()})" if managed_python().exists()
+            else default_python() or "(none yet: eoembed ▸ Set up the engine)")
         browse = QPushButton("…")
         browse.clicked.connect(self._browse_python)
         row = QHBoxLayout()
@@ -111,16 +135,16 @@ class SettingsDialog(QDialog):
         form.addRow("Device", self.device_combo)
         self.report = QPlainTextEdit()
         self.report.setReadOnly(True)
+        self.weights_edit = QPlainTextEdit(str(get("weights_paths", "")))
+        self.weights_edit.setPlaceholderText("one per line: model id = local checkpoint file or folder")
+        self.weights_edit.setMaximumHeight(70)
+        form.addRow("Local weights", self.weights_edit)
         diag = QPushButton("Diagnostics")
         diag.clicked.connect(self.run_diagnostics)
-        buttons = QDialogButtonBox(QDialogButtonBox.Save | QDialogButtonBox.Cancel)
-        buttons.accepted.connect(self.accept)
-        buttons.rejected.connect(self.reject)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addWidget(diag)
         lay.addWidget(self.report)
-        lay.addWidget(buttons)
 
     def _browse_python(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Engine Python", self.python_edit.text())
@@ -129,7 +153,7 @@ class SettingsDialog(QDialog):
 
     def run_diagnostics(self) -> str:
         """Probe the (edited) engine Python and show the report; returns it."""
-        _ok, text = diagnostics(self.python_edit.text().strip() or default_python())
+        _ok, text = diagnostics(self.python_edit.text().strip() or engine_python())
         self.report.setPlainText(text)
         return text
 
@@ -138,7 +162,32 @@ class SettingsDialog(QDialog):
         put("ee_project", self.ee_edit.text().strip())
         put("hf_cache", self.hf_edit.text().strip())
         put("device", self.device_combo.currentText())
+        put("weights_paths", self.weights_edit.toPlainText().strip())
+
+
+def weights_for(model: str) -> str | None:
+    """The local weights file/folder set for `model` in the settings ("id = path" lines), or None."""
+    for line in str(get("weights_paths", "") or "").splitlines():
+        key, sep, path = line.partition("=")
+        if sep and key.strip().lower() == model.lower() and path.strip():
+            return path.strip()
+    return None
+
+
+class SettingsDialog(QDialog):
+    """The settings widget in a dialog of its own (Save / Cancel)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("eoembed — Settings")
+        self.page = SettingsWidget(self)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.page)
+        lay.addWidget(buttons)
 
     def accept(self) -> None:
-        self.save()
+        self.page.save()
         super().accept()

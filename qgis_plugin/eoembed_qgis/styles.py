@@ -6,6 +6,7 @@ from qgis.core import (
     QgsColorBrewerColorRamp,
     QgsColorRampShader,
     QgsGradientColorRamp,
+    QgsMultiBandColorRenderer,
     QgsPalettedRasterRenderer,
     QgsProcessingLayerPostProcessorInterface,
     QgsRasterBandStats,
@@ -78,6 +79,12 @@ def style_clusters(layer: QgsRasterLayer, k: int | None = None) -> None:
     layer.triggerRepaint()
 
 
+def style_pca_rgb(layer: QgsRasterLayer) -> None:
+    """Show bands 1, 2, 3 (PC1–PC3, already stretched to 1–255) as red, green, blue."""
+    layer.setRenderer(QgsMultiBandColorRenderer(layer.dataProvider(), 1, 2, 3))
+    layer.triggerRepaint()
+
+
 class StylePostProcessor(QgsProcessingLayerPostProcessorInterface):
     """Styles a Processing output when QGIS loads it (kind 'similarity' or 'clusters')."""
 
@@ -100,3 +107,5 @@ class StylePostProcessor(QgsProcessingLayerPostProcessorInterface):
                 style_similarity(layer)
             elif self.kind == "clusters":
                 style_clusters(layer, self.k)
+            elif self.kind == "pca":
+                style_pca_rgb(layer)

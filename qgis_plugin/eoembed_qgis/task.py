@@ -29,7 +29,9 @@ class EmbedTask(QgsTask):
         on_done: Callable[[EmbedTask], None] | None = None,
     ) -> None:
         n = len(job.get("places", []))
-        super().__init__(f"eoembed: {job['model']} on {n} feature{'s' * (n != 1)}", QgsTask.CanCancel)
+        title = f"eoembed: {job['model']} on {n} feature{'s' * (n != 1)}"
+        super().__init__(title, QgsTask.Flag.CanCancel)
+        self.title = title
         self.job = job
         self.iface = iface
         self.python = python
@@ -40,13 +42,19 @@ class EmbedTask(QgsTask):
         self.canceled = False
         self.worker_pid: int | None = None
         self.status_text = ""
+        #: every step text the worker reported, in order (what the task list showed)
+        self.steps: list[str] = []
         self.layers: list[Any] = []
         #: None while running, then "done", "canceled" or "failed" (readable after QGIS deletes the task)
         self.outcome: str | None = None
 
     # -- background thread --------------------------------------------------------------
     def _progress(self, pct: float, text: str) -> None:
-        self.status_text = text
+        """The worker's progress and step text, shown in QGIS's task list ("… — embedded 8 of 40")."""
+        if text and text != self.status_text:
+            self.status_text = text
+            self.steps.append(text)
+            self.setDescription(f"{self.title} — {text}")
         self.setProgress(pct)
 
     def _started(self, pid: int) -> None:
@@ -97,7 +105,10 @@ class EmbedTask(QgsTask):
         from .layers import add_results
 
         res = self.result or {}
-        self.layers = add_results(res, self.job)
+        from qgis.core import QgsProject
+
+        source = QgsProject.instance().mapLayer(self.job.get("layer_id", "")) if self.job.get("layer_id") else None
+        self.layers = add_results(res, self.job, source=source)
         failed = res.get("failed") or []
         kept = [p for p in (res.get("pooled"), res.get("geoparquet")) if p]
         kept += [g["path"] for g in res.get("grids", [])]

@@ -1,21 +1,73 @@
-"""Fixtures for the plugin tests (real QGIS, headless): imagery, project layers, the plugin."""
+"""Fixtures for the plugin tests (real QGIS, headless): imagery, project layers, the plugin.
+
+These tests run in QGIS's own Python (the system's, with only pytest added: ``.venv-qgis``),
+where eoembed, torch, xarray and pyarrow are NOT importable, exactly as in a user's QGIS. The
+engine is reached only through the worker Python ($EOEMBED_PYTHON, default the repo's .venv);
+reference numbers from the engine come from :func:`engine_run` in that Python too.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from osgeo import gdal
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO / ".." / "shared"
 TILES = SHARED / "data" / "s2_l2a_tiles"
 sys.path.insert(0, str(REPO / "qgis_plugin"))
-os.environ.setdefault("EOEMBED_PYTHON", sys.executable)
+ENGINE_PYTHON = os.environ.setdefault("EOEMBED_PYTHON", str(REPO / ".venv" / "bin" / "python"))
+#: modules that must never be loaded into QGIS's process by the plugin
+FORBIDDEN = ("eoembed", "torch", "xarray", "pyarrow", "rasterio", "shapely", "pyogrio")
+gdal.UseExceptions()
+
+
+def engine_run(code: str, **args: Any) -> Any:
+    """Run `code` in the engine's Python (``ARGS`` holds `args`) and return what it prints as JSON.
+
+    The references the tests compare with come from the engine in its own process, never from
+    QGIS's.
+    """
+    from eoembed_qgis.runner import worker_env
+
+    script = "import json, sys\nARGS = json.loads(sys.argv[1])\n" + textwrap.dedent(code)
+    proc = subprocess.run([ENGINE_PYTHON, "-c", script, json.dumps(args, default=str)], capture_output=True,
+                          text=True, env=worker_env({"OMP_NUM_THREADS": "1"}), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def read_raster(path: str | Path) -> tuple[np.ndarray, tuple[float, ...], str]:
+    """(values (B, H, W) float64 with nodata as NaN, GDAL geotransform, 'EPSG:xxxx') via GDAL."""
+    from osgeo import osr
+
+    ds = gdal.Open(str(path))
+    values = ds.ReadAsArray().astype(np.float64)
+    values = values.reshape(ds.RasterCount, ds.RasterYSize, ds.RasterXSize)
+    for i in range(ds.RasterCount):
+        nd = ds.GetRasterBand(i + 1).GetNoDataValue()
+        if nd is not None and np.isfinite(nd):
+            values[i][values[i] == nd] = np.nan
+    srs = osr.SpatialReference(wkt=ds.GetProjection())
+    srs.AutoIdentifyEPSG()
+    return values, tuple(ds.GetGeoTransform()), f"EPSG:{srs.GetAuthorityCode(None)}"
+
+
+@pytest.fixture(autouse=True)
+def _engine_stays_out_of_qgis():
+    """Fail any test after which an engine-side module is loaded in QGIS's process."""
+    yield
+    loaded = sorted(m for m in FORBIDDEN if m in sys.modules)
+    assert not loaded, f"{', '.join(loaded)} imported into QGIS's Python"
 
 from qgis.core import (  # noqa: E402
     QgsApplication,
@@ -33,9 +85,6 @@ TILE_NAMES = ("637U_59R_1_3", "433D_629L_3_1")
 
 def _demo_tile(path: Path, crs: str, left: float, top: float, seed: int) -> Path:
     """A 12-band int16 S2-like stack (224×224 at 10 m) with smooth structure, for when ../shared is absent."""
-    import rasterio
-    from rasterio.transform import from_origin
-
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:224, 0:224] / 224.0
     bands = []
@@ -43,9 +92,34 @@ def _demo_tile(path: Path, crs: str, left: float, top: float, seed: int) -> Path
         field = 1500 + 800 * np.sin(6 * xx + b) * np.cos(4 * yy - b) + rng.normal(0, 50, (224, 224))
         bands.append(field)
     data = np.clip(np.stack(bands), 1, 10000).astype(np.int16)
-    with rasterio.open(path, "w", driver="GTiff", width=224, height=224, count=12, dtype="int16",
-                       crs=crs, transform=from_origin(left, top, 10.0, 10.0)) as dst:
-        dst.write(data)
+    write_tif(path, data, crs, (left, 10.0, 0.0, top, 0.0, -10.0))
+    return path
+
+
+def write_tif(path: Path, data: np.ndarray, crs: str, geotransform: tuple[float, ...],
+              nodata: float | None = None, descriptions: list[str] | None = None,
+              metadata: dict[str, str] | None = None) -> Path:
+    """A GeoTIFF of ``(B, H, W)`` `data` written with GDAL."""
+    from osgeo import osr
+
+    types = {np.dtype("int16"): gdal.GDT_Int16, np.dtype("uint16"): gdal.GDT_UInt16,
+             np.dtype("float32"): gdal.GDT_Float32, np.dtype("uint8"): gdal.GDT_Byte}
+    b, h, w = data.shape
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), w, h, b, types[data.dtype])
+    ds.SetGeoTransform(geotransform)
+    srs = osr.SpatialReference()
+    srs.SetFromUserInput(crs)
+    ds.SetProjection(srs.ExportToWkt())
+    for i in range(b):
+        band = ds.GetRasterBand(i + 1)
+        if nodata is not None:
+            band.SetNoDataValue(nodata)
+        if descriptions:
+            band.SetDescription(descriptions[i])
+        band.WriteArray(data[i])
+    for k, v in (metadata or {}).items():
+        ds.SetMetadataItem(k, v)
+    ds = None
     return path
 
 

@@ -1,7 +1,9 @@
 """The analysis map tools: similarity from a clicked point and from features, text queries, actions.
 
-The embedding raster is written in-process from a constructed grid whose cells hold known
-vectors, so the similarity of every cell is known by hand.
+The embedding raster is written with GDAL (as the engine writes it: float32, NaN nodata, the
+provenance in the ``eoembed_meta`` item) from a constructed grid whose cells hold known
+vectors, so the similarity of every cell is known by hand. Everything runs in QGIS's Python;
+text queries reach the engine through the worker.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
+from conftest import read_raster, write_tif
 
 pytest.importorskip("qgis.core")
 
@@ -39,19 +41,15 @@ X0, Y0, RES = 550_000.0, 6_340_000.0, 40.0
 
 def write_grid(path: Path, model: str = "rcf") -> np.ndarray:
     """A 4-band 6×8 grid: left half along [1,0,0,0], right half along [0,1,0,0], one NaN cell."""
-    import eoembed
-    from affine import Affine
-    from eoembed.embedding import grid_dataarray
-    from eoembed.export import write_geotiff
-    from eoembed.grid import GridSpec
+    import json
 
     v = np.zeros((4, 6, 8), np.float32)
     v[0, :, :4] = 1.0
     v[1, :, 4:] = 1.0
     v[2] = np.linspace(0.0, 1.0, 48).reshape(6, 8)  # every cell a little different
     v[:, 5, 7] = np.nan
-    grid = GridSpec("EPSG:32632", Affine(RES, 0, X0, 0, -RES, Y0), 8, 6)
-    write_geotiff(eoembed.Embedding(grid_dataarray(v, grid), {"model": model}), path)
+    write_tif(path, v, "EPSG:32632", (X0, RES, 0.0, Y0, 0.0, -RES), nodata=float("nan"),
+              descriptions=[f"emb_{i:04d}" for i in range(4)], metadata={"eoembed_meta": json.dumps({"model": model})})
     return v
 
 
@@ -72,10 +70,10 @@ def grid_layer(qgis_iface, tmp_path: Path):
 
 
 def read_band(layer: QgsRasterLayer) -> np.ndarray:
-    with rasterio.open(layer.source()) as src:
-        assert src.count == 1 and src.crs.to_epsg() == 32632
-        assert tuple(src.transform)[:6] == (RES, 0, X0, 0, -RES, Y0)
-        return src.read(1).astype(np.float64)
+    values, gt, crs = read_raster(layer.source())
+    assert values.shape[0] == 1 and crs == "EPSG:32632"
+    assert gt == (X0, RES, 0, Y0, 0, -RES)
+    return values[0]
 
 
 def test_clicking_the_map_adds_a_styled_similarity_layer(qgis_iface, grid_layer) -> None:
@@ -104,10 +102,13 @@ def test_clicking_the_map_adds_a_styled_similarity_layer(qgis_iface, grid_layer)
 
 def test_similarity_from_a_point_in_another_crs(grid_layer) -> None:
     from eoembed_qgis.analysis_tools import similarity_from_point
-    from pyproj import Transformer
+    from qgis.core import QgsCoordinateTransform
 
     layer, values = grid_layer
-    lon, lat = Transformer.from_crs(32632, 4326, always_xy=True).transform(X0 + 6.5 * RES, Y0 - 3.5 * RES)
+    tr = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:32632"),
+                                QgsCoordinateReferenceSystem("EPSG:4326"), QgsProject.instance())
+    ll = tr.transform(QgsPointXY(X0 + 6.5 * RES, Y0 - 3.5 * RES))
+    lon, lat = ll.x(), ll.y()
     sim = similarity_from_point(layer, QgsPointXY(lon, lat), QgsCoordinateReferenceSystem("EPSG:4326"))
     got = read_band(sim)
     assert got[3, 6] == pytest.approx(1.0)
@@ -156,12 +157,11 @@ def test_text_query_on_a_model_without_text_encoder_is_a_clear_message(grid_laye
 
 
 def test_cluster_style_is_one_colour_per_class(tmp_path: Path) -> None:
-    import eoembed
-    from eoembed.export import read_geotiff, write_geotiff
+    from eoembed_qgis.analysis_io import clusters
     from eoembed_qgis.analysis_tools import add_result_layer
 
     write_grid(tmp_path / "g.tif")
-    write_geotiff(eoembed.kmeans(read_geotiff(tmp_path / "g.tif"), 3), tmp_path / "k.tif")
+    clusters(str(tmp_path / "g.tif"), 3, 0, tmp_path / "k.tif")
     layer = add_result_layer(str(tmp_path / "k.tif"), "clusters", "clusters", "rcf")
     assert isinstance(layer.renderer(), QgsPalettedRasterRenderer)
     assert [c.value for c in layer.renderer().classes()] == [0, 1, 2]

@@ -40,8 +40,37 @@ def test_cancel_mid_run_kills_worker_and_leaves_nothing(plugin, project_rasters,
     assert task.outcome == "canceled" and task.canceled
     assert not process_alive(pid)
     assert _layer_count() == before
-    assert list(tmp_path.iterdir()) == []  # no partial outputs, no staging folder
+    # no partial outputs, no staging folder: only the engine's hidden resume folder
+    assert [p.name for p in tmp_path.iterdir()] == [".eoembed-resume"]
     assert task not in plugin.tasks
+
+
+def test_an_interrupted_job_resumes_instead_of_starting_over(plugin, project_rasters, tmp_path, monkeypatch):
+    monkeypatch.setenv("EOEMBED_WORKER_CHUNK", "3")  # small chunks: some finish before the cancel
+    r = project_rasters[0]
+    e, crs = r.extent(), r.crs().authid()
+    wkts = [f"POINT({e.xMinimum() + 300 + i * 150} {e.yMinimum() + 600})" for i in range(12)]
+    layer = memory_layer("Point", crs, wkts)
+    QgsProject.instance().addMapLayer(layer)
+    layer.selectAll()
+    options = {**OPTIONS, "out_dir": str(tmp_path), "name": "resumable"}
+    task = plugin.start_job(layer, options, confirm=False)
+    t0 = time.monotonic()
+    while task.outcome is None and task.progress() < 25:  # at least one chunk of 3 of 12 is done
+        QgsApplication.processEvents()
+        time.sleep(0.02)
+        assert time.monotonic() - t0 < 120
+    if task.outcome is None:
+        task.cancel()
+    wait_for(task, 30)
+    assert task.outcome == "canceled"
+    again = plugin.start_job(layer, options, confirm=False)
+    wait_for(again, 120)
+    assert again.outcome == "done", again.error
+    assert again.result["resumed"] >= 3  # the chunks done before the cancel were not computed again
+    out = next(lyr for lyr in again.layers)
+    assert out.featureCount() == 12
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # resume folder gone
 
 
 def test_place_outside_the_imagery_surfaces_as_one_message_and_a_log(plugin, qgis_iface, project_rasters, tmp_path):
@@ -112,7 +141,7 @@ def test_missing_engine_python_says_how_to_fix(plugin, qgis_iface, qgis_new_proj
     layer.selectAll()
     plugin.run()
     (msg,) = qgis_iface.messageBar().get_messages(Qgis.Critical)
-    assert "-m pip install eoembed" in msg and "Settings" in msg
+    assert "Set up the engine" in msg and "Settings ▸ Options ▸ eoembed" in msg
     ok, report = settings.diagnostics()
     assert not ok and "does not exist" in report
 

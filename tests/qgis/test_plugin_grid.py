@@ -1,6 +1,7 @@
 """Grid outputs on real imagery: raster layers that overlay the tiles exactly, PCA-RGB styled.
 
-Expected grids are computed by the engine (LocalProvider.grid_for) and compared by coordinates.
+Expected grids are computed by the engine (LocalProvider.grid_for, in the engine's own Python)
+and compared by coordinates.
 """
 
 from __future__ import annotations
@@ -8,8 +9,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from affine import Affine
-from conftest import memory_layer
+from conftest import engine_run, memory_layer
 from qgis.core import QgsProject
 from test_plugin_run import _run, _tile_point
 
@@ -17,25 +17,30 @@ FEATURES = 8
 
 
 def test_grid_run_overlays_the_imagery_exactly(plugin, project_rasters, tmp_path):
-    import eoembed
-    from eoembed.features import place_from_geometry
-    from eoembed.providers import open_provider
-
     r = project_rasters[0]
     pts = [_tile_point(r, fx, fy, "EPSG:4326") for fx, fy in ((0.3, 0.4), (0.6, 0.7))]
     layer = memory_layer("Point", "EPSG:4326", [f"POINT({p.x()} {p.y()})" for p in pts], names=["p0", "p1"])
     QgsProject.instance().addMapLayer(layer)
     task = _run(plugin, layer, tmp_path, output="grid")
 
-    provider = open_provider("local", paths=[r.source()])
+    grids = engine_run("""
+        import eoembed, shapely
+        from eoembed.features import place_from_geometry
+        from eoembed.providers import open_provider
+        provider = open_provider("local", paths=[ARGS["tile"]])
+        out = []
+        for x, y in ARGS["pts"]:
+            place = place_from_geometry("p", shapely.Point(x, y), "EPSG:4326", 160.0)
+            g = provider.grid_for(place.spatial, eoembed.SensorSpec(scale_m=10.0))
+            out.append([g.transform.a, g.transform.c, g.transform.e, g.transform.f, g.width, g.height])
+        print(json.dumps(out))
+    """, tile=r.source(), pts=[[p.x(), p.y()] for p in pts])
     cell = 4  # rcf grid_cell: one embedding pixel per 4×4 image pixels
     rasters = {lyr.name(): lyr for lyr in task.layers}
     assert len(rasters) == 4  # an embedding layer and a PCA-RGB layer per feature
-    for name, p in zip(("p0", "p1"), pts):
-        place = place_from_geometry(name, __import__("shapely").Point(p.x(), p.y()), "EPSG:4326", 160.0)
-        g = provider.grid_for(place.spatial, eoembed.SensorSpec(scale_m=10.0))
-        want = Affine(g.transform.a * cell, 0, g.transform.c, 0, g.transform.e * cell, g.transform.f)
-        w, h = math.ceil(g.width / cell), math.ceil(g.height / cell)
+    for name, (a, c, e, f, gw, gh) in zip(("p0", "p1"), grids):
+        want = type("T", (), {"a": a * cell, "c": c, "e": e * cell, "f": f})
+        w, h = math.ceil(gw / cell), math.ceil(gh / cell)
         emb, pca = rasters[f"{name} — embedding"], rasters[f"{name} — PCA-RGB"]
         for lyr in (emb, pca):
             assert lyr.crs().authid() == r.crs().authid()  # the tile's UTM zone, not the layer's CRS

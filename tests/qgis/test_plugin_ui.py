@@ -68,7 +68,7 @@ def test_dialog_defaults_then_remembers_last_choices(qgis_new_project, clean_set
     assert sorted(o["raster_layers"]) == sorted(r.id() for r in project_rasters)
     assert "dims: 512" in dlg.model_info.text() and "licence: Apache-2.0" in dlg.model_info.text()
 
-    dlg.model_combo.setCurrentText("other")
+    dlg.model_combo.setCurrentIndex(dlg.model_combo.findData("other"))
     assert "dims: 8" in dlg.model_info.text() and "hub:x" in dlg.model_info.text()
     dlg.time_year.setChecked(True)
     dlg.year_spin.setValue(2020)
@@ -117,6 +117,10 @@ def test_big_selection_shows_estimate_and_waits_for_yes(plugin, qgis_new_project
     wkts = [f"POINT({550000 + 10 * i} 6343000)" for i in range(250)]
     layer = memory_layer("Point", "EPSG:32632", wkts)
     layer.selectAll()
+    import numpy as np
+    from conftest import write_tif
+
+    write_tif(tmp_path / "s2.tif", np.ones((12, 4, 4), np.int16), "EPSG:32632", (550000, 10, 0, 6343100, 0, -10))
     options = {"model": "rcf", "source": "local", "local_paths": [str(tmp_path)], "out_dir": str(tmp_path)}
     task = plugin.start_job(layer, options)
     assert len(asked) == 1 and "250 features" in asked[0] and "million pixels" in asked[0]
@@ -135,7 +139,7 @@ def test_toolbar_action_opens_dialog_and_starts_job_with_its_choices(plugin, qgi
         return QDialog.Accepted
 
     started = []
-    monkeypatch.setattr(dialog.EmbedDialog, "exec_", fake_exec)
+    monkeypatch.setattr(dialog.EmbedDialog, "exec", fake_exec)
     monkeypatch.setattr(plugin, "start_job", lambda layer, options, **kw: started.append((layer, options, kw)))
     layer = memory_layer("Polygon", "EPSG:4326", ["POLYGON((10 50,10.01 50,10.01 50.01,10 50))"])
     QgsProject.instance().addMapLayer(layer)
@@ -145,3 +149,17 @@ def test_toolbar_action_opens_dialog_and_starts_job_with_its_choices(plugin, qgi
     ((got_layer, options, kw),) = started
     assert got_layer is layer and options["output"] == "grid" and options["out_dir"] == str(tmp_path)
     assert "rcf" in kw["cards"]
+
+
+def test_settings_are_a_page_of_the_options_dialog(clean_settings, tmp_path):
+    from eoembed_qgis import settings
+    from eoembed_qgis.options_page import EoembedOptionsFactory
+
+    factory = EoembedOptionsFactory()
+    assert factory.title() == "eoembed" and not factory.icon().isNull()
+    page = factory.createWidget(None)
+    page.widget.python_edit.setText(str(tmp_path / "py"))
+    page.widget.weights_edit.setPlainText("galileo-nano = /data/nano.pt")
+    page.apply()
+    assert settings.get("engine_python") == str(tmp_path / "py") and settings.engine_python() == str(tmp_path / "py")
+    assert settings.weights_for("galileo-nano") == "/data/nano.pt" and settings.weights_for("rcf") is None

@@ -1,8 +1,8 @@
 """The eoembed Processing provider: every algorithm through processing.run on real imagery.
 
 Embedding runs go through the plugin's runner (the engine in its worker process) with the
-training-free "rcf" model; answers are checked against the engine called in-process and
-against similarity / clusters recomputed here with numpy.
+training-free "rcf" model; answers are checked against the engine called in its own Python
+(:func:`conftest.engine_run`) and against similarity / clusters recomputed here with numpy.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
+from conftest import engine_run, read_raster, write_tif
 
 pytest.importorskip("qgis.core")
 
@@ -54,18 +54,15 @@ def tile(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("img") / "synthetic_s2.tif"
     yy, xx = np.mgrid[0:224, 0:224]
     bands = [(1500 + 800 * np.sin(xx / (9 + b)) * np.cos(yy / (13 + b)) + 40 * b).astype(np.int16) for b in range(12)]
-    profile = {"driver": "GTiff", "dtype": "int16", "count": 12, "width": 224, "height": 224,
-               "crs": "EPSG:32632", "transform": rasterio.transform.from_origin(549900.0, 6344080.0, 10, 10)}
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(np.stack(bands))
-    return path
+    return write_tif(path, np.stack(bands), "EPSG:32632", (549900.0, 10.0, 0.0, 6344080.0, 0.0, -10.0))
 
 
 @pytest.fixture(scope="module")
 def tile_bounds(tile: Path) -> tuple[float, float, float, float]:
-    with rasterio.open(tile) as src:
-        assert src.crs.to_epsg() == 32632
-        return tuple(src.bounds)
+    values, gt, crs = read_raster(tile)
+    assert crs == "EPSG:32632"
+    h, w = values.shape[1:]
+    return (gt[0], gt[3] + h * gt[5], gt[0] + w * gt[1], gt[3])
 
 
 @pytest.fixture(scope="module")
@@ -95,25 +92,29 @@ def area_grid(processing, tile: Path, tile_bounds, tmp_path_factory: pytest.Temp
     x0, y0, x1, y1 = area_extent(tile_bounds)
     out = tmp_path_factory.mktemp("area") / "grid.tif"
     res = processing.run("eoembed:embedarea", {
-        "EXTENT": f"{x0},{x1},{y0},{y1} [EPSG:32632]", "MODEL": 0 if _models()[0] == "rcf" else _models().index("rcf"),
+        "EXTENT": f"{x0},{x1},{y0},{y1} [EPSG:32632]", "MODEL": "rcf",
         "IMAGERY": [str(tile)], "OUTPUT": str(out)})
     assert res["OUTPUT"] == str(out)
     return out
 
 
-def _models() -> list[str]:
-    from eoembed_qgis.processing.engine_job import model_ids
+class Transform:
+    """A north-up GDAL geotransform as ``transform * (col, row) -> (x, y)``."""
 
-    return model_ids()
+    def __init__(self, gt: tuple[float, ...]) -> None:
+        self.gt = tuple(gt)
+        self.c, self.a, _, self.f, _, self.e = gt
+
+    def __mul__(self, cr: tuple[float, float]) -> tuple[float, float]:
+        return self.c + cr[0] * self.a, self.f + cr[1] * self.e
+
+    def __iter__(self):
+        return iter(self.gt)
 
 
-def _rcf() -> int:
-    return _models().index("rcf")
-
-
-def read(path: Path) -> tuple[np.ndarray, rasterio.Affine, str]:
-    with rasterio.open(path) as src:
-        return src.read(out_dtype=np.float64), src.transform, src.crs.to_string()
+def read(path: Path) -> tuple[np.ndarray, Transform, str]:
+    values, gt, crs = read_raster(path)
+    return values, Transform(gt), crs
 
 
 # -- provider ---------------------------------------------------------------------------------
@@ -121,10 +122,23 @@ def test_provider_registers_four_documented_algorithms(processing) -> None:
     provider = QgsApplication.processingRegistry().providerById("eoembed")
     assert provider is not None and provider.name() == "eoembed"
     ids = sorted(a.id() for a in provider.algorithms())
-    assert ids == ["eoembed:clusterembeddings", "eoembed:embedarea", "eoembed:embedfeatures", "eoembed:similaritymap"]
+    assert ids == ["eoembed:clusterembeddings", "eoembed:embedarea", "eoembed:embedfeatures", "eoembed:pcaview",
+                   "eoembed:similaritymap"]
     for alg in provider.algorithms():
         assert len(alg.shortHelpString()) > 80, alg.id()
-    assert "rcf" in _models()
+        assert not alg.icon().isNull(), alg.id()
+    # reproducible parameters: the model is a string id, dates are dates, imagery is required
+    from qgis.core import QgsProcessingParameterDefinition
+
+    alg = provider.algorithm("embedfeatures")
+    assert alg.parameterDefinition("MODEL").type() == "string"
+    assert alg.parameterDefinition("MODEL").defaultValue() == "rcf"
+    assert alg.parameterDefinition("START").type() == "datetime"
+    assert not alg.parameterDefinition("IMAGERY").flags() & QgsProcessingParameterDefinition.FlagOptional
+    assert alg.parameterDefinition("DEVICE").options()[0] == "cpu"
+    from eoembed_qgis.processing.engine_job import model_ids
+
+    assert "rcf" in model_ids()
 
 
 # -- embed features ---------------------------------------------------------------------------
@@ -143,13 +157,11 @@ def _points_layer(bounds, name: str = "pts") -> QgsVectorLayer:
 
 def test_embed_features_embeds_only_the_selection_and_matches_the_engine(
         processing, tile: Path, tile_bounds, tmp_path: Path) -> None:
-    import eoembed
-
     layer = _points_layer(tile_bounds)
     layer.selectByIds([f.id() for f in layer.getFeatures() if f["name"] in ("p0", "p2")])
     out = tmp_path / "embedded.gpkg"
     processing.run("eoembed:embedfeatures", {
-        "INPUT": QgsProcessingFeatureSourceDefinition(layer.id(), True), "MODEL": _rcf(),
+        "INPUT": QgsProcessingFeatureSourceDefinition(layer.id(), True), "MODEL": "rcf",
         "BUFFER": 160.0, "YEAR": None, "IMAGERY": [str(tile)], "OUTPUT": str(out)})
     result = QgsVectorLayer(str(out), "embedded", "ogr")
     assert result.isValid() and result.crs().authid() == "EPSG:32632"
@@ -164,9 +176,14 @@ def test_embed_features_embeds_only_the_selection_and_matches_the_engine(
         assert (p_out.x(), p_out.y()) == pytest.approx((p_in.x(), p_in.y()))
         assert f["eoembed_id"] == str(src[f["name"]].id())
     p0 = src["p0"].geometry().asPoint()
-    ref = eoembed.get_embedding("rcf", eoembed.PointBuffer(p0.x(), p0.y(), 160.0, crs="EPSG:32632"), source=str(tile))
+    ref = engine_run("""
+        import eoembed
+        e = eoembed.get_embedding("rcf", eoembed.PointBuffer(ARGS["x"], ARGS["y"], 160.0, crs="EPSG:32632"),
+                                  source=ARGS["tile"])
+        print(json.dumps(e.to_numpy().tolist()))
+    """, x=p0.x(), y=p0.y(), tile=str(tile))
     got = np.array([feats[0][f"e{i}"] for i in range(512)])
-    np.testing.assert_allclose(got, ref.to_numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, np.array(ref), rtol=1e-5, atol=1e-6)
 
 
 def test_embed_features_cancel_stops_the_worker(processing, tile: Path, tile_bounds, tmp_path: Path) -> None:
@@ -177,7 +194,7 @@ def test_embed_features_cancel_stops_the_worker(processing, tile: Path, tile_bou
     out = tmp_path / "never.gpkg"
     with pytest.raises(QgsProcessingException, match="cancel"):
         processing.run("eoembed:embedfeatures", {
-            "INPUT": layer, "MODEL": _rcf(), "IMAGERY": [str(tile)], "OUTPUT": str(out)}, feedback=feedback)
+            "INPUT": layer, "MODEL": "rcf", "IMAGERY": [str(tile)], "OUTPUT": str(out)}, feedback=feedback)
     assert progress, "the worker reported progress before it was cancelled"
     assert not out.exists()
 
@@ -186,14 +203,13 @@ def test_embed_features_rejects_year_and_dates_together(processing, tile: Path, 
     layer = _points_layer(tile_bounds, "bad")
     with pytest.raises(QgsProcessingException, match="either a year or start/end"):
         processing.run("eoembed:embedfeatures", {
-            "INPUT": layer, "MODEL": _rcf(), "YEAR": 2020, "START": "2020-01-01", "END": "2020-06-01",
+            "INPUT": layer, "MODEL": "rcf", "YEAR": 2020, "START": "2020-01-01", "END": "2020-06-01",
             "IMAGERY": [str(tile)], "OUTPUT": "TEMPORARY_OUTPUT"})
 
 
 # -- embed area -------------------------------------------------------------------------------
-def test_embed_area_writes_a_snapped_georeferenced_grid(area_grid: Path, tile: Path, tile_bounds) -> None:
-    import eoembed
-
+def test_embed_area_writes_a_snapped_georeferenced_grid(area_grid: Path, tile: Path, tile_bounds,
+                                                        tmp_path: Path) -> None:
     values, transform, crs = read(area_grid)
     x0, y0, x1, y1 = area_extent(tile_bounds)
     assert crs == "EPSG:32632" and values.shape[0] == 512
@@ -205,10 +221,16 @@ def test_embed_area_writes_a_snapped_georeferenced_grid(area_grid: Path, tile: P
     assert left <= x0 < left + CELL and right - CELL < x1 <= right
     assert bottom <= y0 < bottom + CELL and top - CELL < y1 <= top
     assert np.isfinite(values).all()
-    ref = eoembed.get_embedding("rcf", eoembed.BBox(x0, y0, x1, y1, crs="EPSG:32632"),
-                                output=eoembed.OutputSpec.grid(), source=str(tile))
-    assert tuple(ref.transform)[:6] == tuple(transform)[:6]
-    np.testing.assert_allclose(values, ref.to_numpy(), rtol=1e-5, atol=1e-6)
+    ref = engine_run("""
+        import eoembed, numpy as np
+        e = eoembed.get_embedding("rcf", eoembed.BBox(*ARGS["box"], crs="EPSG:32632"),
+                                  output=eoembed.OutputSpec.grid(), source=ARGS["tile"])
+        np.save(ARGS["out"], e.to_numpy())
+        t = e.transform
+        print(json.dumps([t.c, t.a, t.b, t.f, t.d, t.e]))
+    """, box=[x0, y0, x1, y1], tile=str(tile), out=str(tmp_path / "ref.npy"))
+    assert tuple(ref) == tuple(transform)
+    np.testing.assert_allclose(values, np.load(tmp_path / "ref.npy"), rtol=1e-5, atol=1e-6)
 
 
 # -- similarity map ---------------------------------------------------------------------------
@@ -285,6 +307,20 @@ def test_cluster_embeddings_gives_k_repeatable_classes(processing, area_grid: Pa
     assert list(sizes) == sorted(sizes, reverse=True)
 
 
+# -- PCA view -------------------------------------------------------------------------------
+def test_pca_view_colours_follow_the_first_principal_component(processing, area_grid: Path, tmp_path: Path) -> None:
+    values, transform, _ = read(area_grid)
+    processing.run("eoembed:pcaview", {"INPUT": str(area_grid), "OUTPUT": str(tmp_path / "pca.tif")})
+    rgb, t_out, crs = read(tmp_path / "pca.tif")
+    assert rgb.shape == (3, *values.shape[1:]) and tuple(t_out) == tuple(transform) and crs == "EPSG:32632"
+    assert rgb.min() >= 1 and rgb.max() <= 255  # every cell has data: no 0 (nodata)
+    x = values.reshape(values.shape[0], -1).T
+    x = x - x.mean(axis=0)
+    pc1 = x @ np.linalg.svd(x, full_matrices=False)[2][0]
+    r = np.corrcoef(pc1, rgb[0].reshape(-1))[0, 1]
+    assert abs(r) > 0.95  # red is PC1, stretched (clipped at 2 / 98 %)
+
+
 # -- graphical model --------------------------------------------------------------------------
 def test_graphical_model_chains_embed_area_into_clusters(processing, tile: Path, tile_bounds, tmp_path: Path) -> None:
     model = QgsProcessingModelAlgorithm("embed and cluster", "eoembed tests")
@@ -293,7 +329,7 @@ def test_graphical_model_chains_embed_area_into_clusters(processing, tile: Path,
     embed = QgsProcessingModelChildAlgorithm("eoembed:embedarea")
     embed.setChildId("embed")
     embed.addParameterSources("INPUT", [QgsProcessingModelChildParameterSource.fromModelParameter("area")])
-    embed.addParameterSources("MODEL", [QgsProcessingModelChildParameterSource.fromStaticValue(_rcf())])
+    embed.addParameterSources("MODEL", [QgsProcessingModelChildParameterSource.fromStaticValue("rcf")])
     embed.addParameterSources("IMAGERY", [QgsProcessingModelChildParameterSource.fromModelParameter("imagery")])
     embed.addParameterSources("OUTPUT", [QgsProcessingModelChildParameterSource.fromStaticValue("TEMPORARY_OUTPUT")])
     model.addChildAlgorithm(embed)

@@ -11,6 +11,7 @@ from qgis.core import (
 )
 
 from .. import analysis_io
+from ..icons import icon
 from ..styles import StylePostProcessor
 
 
@@ -27,6 +28,9 @@ class ClusterEmbeddingsAlgorithm(QgsProcessingAlgorithm):
 
     def group(self) -> str:
         return "Analysis"
+
+    def icon(self):
+        return icon("clusters")
 
     def groupId(self) -> str:  # noqa: N802
         return "analysis"

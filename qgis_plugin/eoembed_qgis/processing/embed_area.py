@@ -12,6 +12,7 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
 )
 
+from ..icons import icon
 from . import engine_job
 
 
@@ -28,6 +29,9 @@ class EmbedAreaAlgorithm(QgsProcessingAlgorithm):
 
     def group(self) -> str:
         return "Embeddings"
+
+    def icon(self):
+        return icon("embed_area")
 
     def groupId(self) -> str:  # noqa: N802
         return "embeddings"

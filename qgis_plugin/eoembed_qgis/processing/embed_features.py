@@ -17,8 +17,9 @@ from qgis.core import (
     QgsProcessingUtils,
     QgsVectorLayer,
 )
-from qgis.PyQt.QtCore import QVariant
 
+from ..compat import DOUBLE, STRING
+from ..icons import icon
 from . import engine_job
 
 ID_FIELD = "eoembed_id"
@@ -51,6 +52,9 @@ class EmbedFeaturesAlgorithm(QgsProcessingAlgorithm):
 
     def group(self) -> str:
         return "Embeddings"
+
+    def icon(self):
+        return icon("embed")
 
     def groupId(self) -> str:  # noqa: N802
         return "embeddings"
@@ -100,9 +104,9 @@ class EmbedFeaturesAlgorithm(QgsProcessingAlgorithm):
         engine_job.remove_outputs(result)
         dim = len(next(iter(vectors.values())))
         extra = QgsFields()
-        extra.append(QgsField(ID_FIELD, QVariant.String))
+        extra.append(QgsField(ID_FIELD, STRING))
         for i in range(dim):
-            extra.append(QgsField(f"e{i}", QVariant.Double))
+            extra.append(QgsField(f"e{i}", DOUBLE))
         fields = QgsProcessingUtils.combineFields(source.fields(), extra)
         sink, dest = self.parameterAsSink(
             parameters, self.OUTPUT, context, fields, source.wkbType(), source.sourceCrs())

@@ -20,6 +20,7 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingParameterDateTime,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterMultipleLayers,
@@ -31,69 +32,71 @@ from qgis.core import (
 from ..analysis_io import crs_text  # noqa: F401 - re-exported for the algorithms
 
 MODEL, BUFFER, START, END, YEAR = "MODEL", "BUFFER", "START", "END", "YEAR"
-IMAGERY, IMAGERY_FOLDER = "IMAGERY", "IMAGERY_FOLDER"
-
-_MODELS: list[str] = []
+IMAGERY, IMAGERY_FOLDER, DEVICE = "IMAGERY", "IMAGERY_FOLDER", "DEVICE"
+DEVICES = ("cpu", "auto", "cuda", "mps")
 
 
 def model_ids() -> list[str]:
-    """Model ids for the model menu, asked once per session from the engine's Python.
+    """Model ids for the model menu, from the cache (never starts the engine; see model_cache)."""
+    from ..model_cache import model_ids as cached
 
-    The worker answers (``worker.py --models``) so that torch stays out of QGIS; if it cannot,
-    the engine in QGIS's own Python is asked, and as a last resort only "rcf" is offered.
-    """
-    if not _MODELS:
-        ids: list[str] = []
-        try:
-            from .. import settings
-            from ..runner import run_worker_command
+    return cached(_python())
 
-            ids = sorted(run_worker_command("--models", settings.engine_python(), timeout=60,
-                                            env=settings.worker_extra_env()).get("models", {}))
-        except Exception:
-            try:
-                import eoembed
 
-                ids = list(eoembed.list_models())
-            except Exception:
-                ids = []
-        _MODELS[:] = ids or ["rcf"]
-    return list(_MODELS)
+def _python() -> str:
+    from .. import settings
+
+    return settings.engine_python()
+
+
+def _model_widget() -> dict:
+    """Widget metadata: an editable combo of the cached model ids (the value stays a string id)."""
+    try:
+        from .model_widget import ModelWidgetWrapper
+    except ImportError:  # no Processing GUI (qgis_process): a plain text field
+        return {}
+    return {"widget_wrapper": {"class": ModelWidgetWrapper}}
 
 
 def add_model_parameters(alg: QgsProcessingAlgorithm, *, buffer: bool = True) -> None:
-    """Model, point buffer, time window (start/end or a year) and the imagery to read."""
-    ids = model_ids()
-    alg.addParameter(QgsProcessingParameterEnum(
-        MODEL, "Model", options=ids, defaultValue=ids.index("rcf") if "rcf" in ids else 0))
+    """Model id, point buffer, time window (start/end dates or a year), imagery and device."""
+    model = QgsProcessingParameterString(MODEL, "Model id (e.g. rcf, remoteclip-vit-b-32)", defaultValue="rcf")
+    model.setMetadata(_model_widget())
+    alg.addParameter(model)
     if buffer:
         alg.addParameter(QgsProcessingParameterNumber(
             BUFFER, "Buffer around points (m, half the side of the square embedded)",
             QgsProcessingParameterNumber.Double, defaultValue=320.0, minValue=1.0, maxValue=25_000.0))
-    alg.addParameter(QgsProcessingParameterString(
-        START, "Start date (YYYY-MM-DD, inclusive)", optional=True))
-    alg.addParameter(QgsProcessingParameterString(
-        END, "End date (YYYY-MM-DD, exclusive)", optional=True))
+    alg.addParameter(QgsProcessingParameterDateTime(
+        START, "Start date (inclusive)", QgsProcessingParameterDateTime.Date, optional=True))
+    alg.addParameter(QgsProcessingParameterDateTime(
+        END, "End date (exclusive)", QgsProcessingParameterDateTime.Date, optional=True))
     alg.addParameter(QgsProcessingParameterNumber(
         YEAR, "Or a whole year (instead of start/end)", QgsProcessingParameterNumber.Integer,
         optional=True, minValue=1972, maxValue=2100))
     alg.addParameter(QgsProcessingParameterMultipleLayers(
-        IMAGERY, "Imagery (raster layers or GeoTIFF/VRT files)", QgsProcessing.TypeRaster, optional=True))
+        IMAGERY, "Imagery (raster layers or GeoTIFF/VRT files)", QgsProcessing.TypeRaster))
     alg.addParameter(QgsProcessingParameterFile(
-        IMAGERY_FOLDER, "Or a folder of imagery", QgsProcessingParameterFile.Folder, optional=True))
+        IMAGERY_FOLDER, "Also a folder of imagery", QgsProcessingParameterFile.Folder, optional=True))
+    alg.addParameter(QgsProcessingParameterEnum(DEVICE, "Device", options=list(DEVICES), defaultValue=0))
 
 
-def _date(text: str, name: str) -> str:
-    try:
-        return date.fromisoformat(text.strip()).isoformat()
-    except ValueError as exc:
-        raise QgsProcessingException(f"{name} {text!r} is not a date; write it as YYYY-MM-DD") from exc
+def _date(alg: QgsProcessingAlgorithm, parameters: dict, name: str, context: QgsProcessingContext) -> str:
+    if parameters.get(name) in (None, ""):
+        return ""
+    value = parameters[name]
+    if isinstance(value, str):  # processing.run / qgis_process: "YYYY-MM-DD"
+        try:
+            return date.fromisoformat(value.strip()[:10]).isoformat()
+        except ValueError as exc:
+            raise QgsProcessingException(f"{name} {value!r} is not a date; write it as YYYY-MM-DD") from exc
+    d = alg.parameterAsDate(parameters, name, context)
+    return d.toString("yyyy-MM-dd") if d.isValid() else ""
 
 
 def temporal(alg: QgsProcessingAlgorithm, parameters: dict, context: QgsProcessingContext) -> dict | None:
     """The job's time window: a year, or start/end, or None (every date of local imagery)."""
-    start = (alg.parameterAsString(parameters, START, context) or "").strip()
-    end = (alg.parameterAsString(parameters, END, context) or "").strip()
+    start, end = _date(alg, parameters, START, context), _date(alg, parameters, END, context)
     y = alg.parameterAsInt(parameters, YEAR, context) if parameters.get(YEAR) not in (None, "") else 0
     if y and (start or end):
         raise QgsProcessingException("give either a year or start/end dates, not both")
@@ -103,10 +106,9 @@ def temporal(alg: QgsProcessingAlgorithm, parameters: dict, context: QgsProcessi
         raise QgsProcessingException("give both a start and an end date (or a year)")
     if not start:
         return None
-    s, e = _date(start, "start date"), _date(end, "end date")
-    if e <= s:
-        raise QgsProcessingException(f"the end date {e} must be after the start date {s}")
-    return {"start": s, "end": e}
+    if end <= start:
+        raise QgsProcessingException(f"the end date {end} must be after the start date {start}")
+    return {"start": start, "end": end}
 
 
 def imagery(alg: QgsProcessingAlgorithm, parameters: dict, context: QgsProcessingContext) -> dict:
@@ -122,16 +124,17 @@ def imagery(alg: QgsProcessingAlgorithm, parameters: dict, context: QgsProcessin
 
 def base_job(alg: QgsProcessingAlgorithm, parameters: dict, context: QgsProcessingContext, stem: str) -> dict:
     """The parts of a job every embedding algorithm shares (places, crs and output added later)."""
-    ids = model_ids()
-    index = alg.parameterAsEnum(parameters, MODEL, context)
-    if not 0 <= index < len(ids):
-        raise QgsProcessingException(f"model #{index} is not one of {', '.join(ids)}")
+    model = (alg.parameterAsString(parameters, MODEL, context) or "").strip().lower()
+    if not model:
+        raise QgsProcessingException("give a model id, e.g. rcf")
+    device = DEVICES[alg.parameterAsEnum(parameters, DEVICE, context)] if parameters.get(DEVICE) not in (None, "") \
+        else "cpu"
     buffer = alg.parameterAsDouble(parameters, BUFFER, context) if BUFFER in parameters else 320.0
     out_dir = Path(QgsProcessingUtils.tempFolder()) / "eoembed"
     return {
-        "model": ids[index], "model_config": {}, "weights": None, "buffer_m": buffer or 320.0,
+        "model": model, "model_config": {}, "weights": None, "buffer_m": buffer or 320.0,
         "temporal": temporal(alg, parameters, context), "source": imagery(alg, parameters, context),
-        "device": "cpu", "out_dir": str(out_dir), "name": f"{stem}_{uuid.uuid4().hex[:8]}",
+        "device": device, "out_dir": str(out_dir), "name": f"{stem}_{uuid.uuid4().hex[:8]}",
     }
 
 
@@ -146,7 +149,10 @@ def run(job: dict, feedback: QgsProcessingFeedback) -> dict:
 
     feedback.pushInfo(f"eoembed: model {job['model']}, {len(job['places'])} place(s), output {job['output']}")
     try:
-        result = run_job(job, on_progress, feedback.isCanceled)
+        from .. import settings
+
+        result = run_job(job, on_progress, feedback.isCanceled, settings.engine_python(),
+                         env=settings.worker_extra_env())
     except RunnerCanceled as exc:
         raise QgsProcessingException("eoembed: the job was cancelled") from exc
     except RunnerError as exc:

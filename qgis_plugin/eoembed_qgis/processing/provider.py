@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from ..icons import icon
 from .cluster_embeddings import ClusterEmbeddingsAlgorithm
 from .embed_area import EmbedAreaAlgorithm
 from .embed_features import EmbedFeaturesAlgorithm
+from .pca_view import PcaViewAlgorithm
 from .similarity_map import SimilarityMapAlgorithm
-
-ICON = Path(__file__).resolve().parents[1] / "icon.png"
 
 
 class EoembedProvider(QgsProcessingProvider):
@@ -27,12 +25,12 @@ class EoembedProvider(QgsProcessingProvider):
     def longName(self) -> str:  # noqa: N802
         return "eoembed: embeddings from remote-sensing foundation models"
 
-    def icon(self) -> QIcon:
-        return QIcon(str(ICON)) if ICON.exists() else super().icon()
+    def icon(self) -> QIcon:  # the plugin's icon
+        return icon("icon")
 
     def loadAlgorithms(self) -> None:  # noqa: N802
         for alg in (EmbedFeaturesAlgorithm(), EmbedAreaAlgorithm(), SimilarityMapAlgorithm(),
-                    ClusterEmbeddingsAlgorithm()):
+                    ClusterEmbeddingsAlgorithm(), PcaViewAlgorithm()):
             self.addAlgorithm(alg)
 
     def supportedOutputRasterLayerExtensions(self) -> list[str]:  # noqa: N802

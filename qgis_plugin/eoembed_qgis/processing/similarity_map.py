@@ -14,6 +14,7 @@ from qgis.core import (
 )
 
 from .. import analysis_io
+from ..icons import icon
 from ..styles import StylePostProcessor
 
 
@@ -30,6 +31,9 @@ class SimilarityMapAlgorithm(QgsProcessingAlgorithm):
 
     def group(self) -> str:
         return "Analysis"
+
+    def icon(self):
+        return icon("similarity")
 
     def groupId(self) -> str:  # noqa: N802
         return "analysis"
