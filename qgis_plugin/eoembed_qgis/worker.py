@@ -413,7 +413,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         result.update(_write_pooled(job, data["pooled"], export, stage))
     else:
         grids = data["grids"]
-        if mode == "grid_extent" and _source(job)[0] == "local":
+        if mode == "grid_extent" and _source(job)[0] == "local" and not _precomputed(job["model"]):
             for emb in grids.values():
                 mask_outside_imagery(emb, (job.get("source") or {}).get("paths") or [])
         result["grids"] = _write_grids(job, grids, stage)
