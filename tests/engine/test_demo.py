@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 
 import numpy as np
 import pytest
 import rasterio
 from eoembed.demo import run_demo
 from eoembed.export import read_geoparquet
+from rasterio.errors import NotGeoreferencedWarning
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("bigearthnet_common") is None, reason="bigearthnet-common is not installed"
@@ -31,7 +33,10 @@ def test_demo_writes_pooled_rows_grids_on_the_patches_and_a_preview(tmp_path, mo
             assert grid.transform == band.transform * band.transform.scale(4, 4)
             assert (grid.width, grid.height) == (30, 30)
             assert grid.count == 512
-    with rasterio.open(out["preview"]) as png:
+    with warnings.catch_warnings():  # a PNG has no georeference, and that is right for a preview
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        png = rasterio.open(out["preview"])
+    with png:
         assert png.driver == "PNG" and png.count == 3 and png.width > 120
     sim = out["similarity"]
     assert np.allclose(np.diag(sim), 1.0, atol=1e-5) and np.allclose(sim, sim.T, atol=1e-6)
