@@ -336,3 +336,28 @@ def test_vit_family_array_and_file_give_identical_embeddings(monkeypatch, tile, 
             given = eoembed.get_embedding_from_data(emb, pixels, bands=tile["bands"], crs=tile["crs"],
                                                     transform=t, temporal=WINDOW, output=output)
             _same(fetched, given)
+
+
+def test_multisensor_family_array_and_file_give_identical_embeddings(tile, tmp_path):
+    """DOFA and Clay v1.5 (one block each) in their published checkpoint layouts."""
+    from eoembed.nn.clay import ClayConfig, ClayEncoder, clay_name
+    from eoembed.nn.dofa import DOFA, DofaConfig
+    from eoembed.nn.timm_vit import to_timm_key
+    from seeded import seeded_state
+
+    shapes = {to_timm_key(k): tuple(v.shape) for k, v in DOFA(DofaConfig(768, 1, 12)).state_dict().items()}
+    torch.save({"model": {k: v.half() for k, v in seeded_state(shapes, 0, scale=0.02).items()}},
+               tmp_path / "DOFA_ViT_base_e100.pth")
+    names = {clay_name(to_timm_key(k)): tuple(v.shape)
+             for k, v in ClayEncoder(ClayConfig(1024, 1, 16)).state_dict().items()}
+    sd = {f"model.encoder.{k}": v.half() for k, v in seeded_state(names, 0, scale=0.02).items()}
+    sd["model.decoder.mask_patch"] = torch.zeros(4)
+    torch.save({"state_dict": sd, "epoch": 3}, tmp_path / "clay-v1.5.ckpt")
+    pixels, t, box = _crop(tile, 32, 48)
+    for model, ckpt in [("dofa-base", "DOFA_ViT_base_e100.pth"), ("clay-v1.5", "clay-v1.5.ckpt")]:
+        emb = build_embedder(model, weights=str(tmp_path / ckpt))
+        for output in (OutputSpec.pooled(), OutputSpec.grid()):
+            fetched = _from_file(emb, tile, box, output, fetch=eoembed.FetchSpec(scale_m=10))
+            given = eoembed.get_embedding_from_data(emb, pixels, bands=tile["bands"], crs=tile["crs"],
+                                                    transform=t, temporal=WINDOW, output=output)
+            _same(fetched, given)
