@@ -10,14 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from .backends import CONVENTIONS, choose_source, collection_record, open_source
+from .backends import CONVENTIONS, choose_source, collection_record, open_source, record_backend
 from .embedders.base import Embedder, ModelCard
 from .embedders.registry import describe_model as _describe_model
 from .embedders.registry import get_embedder
 from .embedders.registry import list_models as _list_models
 from .embedding import Embedding
 from .errors import CapabilityError, EoembedError, ProviderError, SpecError
-from .providers import Provider
+from .providers import PROVIDERS, Provider
 from .providers.base import FetchRequest
 from .specs import (
     FetchSpec,
@@ -342,12 +342,18 @@ def export_batch(
         raise SpecError(f"export_batch does not take {', '.join(unknown)}; see help(eoembed.export_batch)")
     if source is None and backend in (None, "auto") and _products_only(names):
         chosen, opts = "local", dict(source_options or {})  # run_export reads no imagery for them
+        why = "auto: every model is a precomputed product, no imagery is read"
     else:
-        chosen, opts, _ = choose_source(source, backend, source_options)
-    return run_export(
+        chosen, opts, why = choose_source(source, backend, source_options)
+    summary = run_export(
         places, temporal or ALL_TIME, names, out, outputs=outputs or "pooled", source=chosen,
         source_options=opts, executor=executor, scheduler=scheduler, **run, **options,
     )
+    record_backend(Path(out), {"requested": backend or ("source" if source is not None else "auto"),
+                               "source": chosen.name if isinstance(chosen, Provider) else (
+                                   chosen if isinstance(chosen, str) and chosen in PROVIDERS else "local"),
+                               "why": why})
+    return summary
 
 
 __all__ = [

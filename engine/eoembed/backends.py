@@ -9,6 +9,7 @@ Earth Engine when credentials exist on this machine.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -104,6 +105,20 @@ def open_source(
 
 def _all_products(embedders: Sequence[Any]) -> bool:
     return bool(embedders) and all(getattr(e, "precomputed", False) for e in embedders)
+
+
+def record_backend(out: Path, record: dict[str, Any]) -> None:
+    """Add how the source was chosen to an export's ``run.json`` (written atomically)."""
+    from .export.atomic import atomic_path
+    from .export.layout import RUN_NAME
+
+    path = out / RUN_NAME
+    if not path.is_file():
+        return
+    info = json.loads(path.read_text())
+    info["backend"] = record
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(info, indent=2, default=str))
 
 
 def collection_record(sensor: SensorSpec | None, provider: Provider) -> dict[str, Any] | None:

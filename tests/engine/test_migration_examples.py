@@ -297,6 +297,8 @@ def test_examples_run_offline_where_the_imagery_is(offline, shared_dir):
     assert gal.meta["model"] == "galileo-nano" and gal.data.shape == (128,)
     assert gal.meta["weights"]["source"].endswith("galileo_nano") or "sha256" in gal.meta["weights"]
     assert result.n_items == 2
+    assert result["run"]["backend"] == {"requested": "auto", "source": "local",
+                                        "why": "auto: local imagery from $EOEMBED_IMAGERY"}
     assert result.ok_models == ["rcf", "rcf-empirical"] and result.failed_models == []
     assert result.embedding("rcf").shape == (2, 512) and result.embedding("rcf-empirical").shape == (2, 32)
     assert result.models["rcf"].inputs is None
