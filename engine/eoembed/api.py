@@ -270,7 +270,7 @@ def export_batch(
     fetch: FetchSpec | None = None,
     input_prep: InputPrep | str | None = None,
     chunk_size: int = 256,
-    workers: int = 4,
+    workers: int | None = None,
     executor: str = "thread",
     scheduler: Any = None,
     retries: int = 2,
@@ -288,8 +288,9 @@ def export_batch(
     The keyword form ``export_batch(spatials=[...], temporal=..., models=[...],
     target=ExportTarget.combined("out/run"), config=ExportConfig(...), backend="auto",
     output=OutputSpec.pooled())`` means the same. Further keywords (frames, prep, device, weights,
-    model_config, id_field, buffer_m, backoff, should_stop, stack) are those of
-    :func:`eoembed.pipeline.run_export`.
+    model_config, id_field, buffer_m, backoff, should_stop, stack, torch_threads) are those of
+    :func:`eoembed.pipeline.run_export`; `workers=None` lets the thread budget choose (few for
+    local files, many for remote sources).
     """
     from .export.targets import ExportConfig, ExportTarget, export_models, export_places
     from .pipeline import run_export

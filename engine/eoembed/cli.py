@@ -202,7 +202,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.weights and len(models) > 1:
         raise SpecError("--weights applies to one model; give a single --models id with it")
     for name in ("chunk_size", "workers"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SpecError(f"--{name.replace('_', '-')} must be at least 1")
     source, options = _source(args, models)
     executor, scheduler = ("dask", args.dask) if args.dask else ("thread", None)
@@ -241,7 +241,8 @@ def _add_export_parser(sub: Any) -> None:
                    help="pooled vectors (GeoParquet + NPZ), grids (GeoTIFF + NetCDF) or both")
     p.add_argument("--out", "-o", required=True, help="output folder (rerun with the same folder to resume)")
     p.add_argument("--chunk-size", type=int, default=256, help="places per chunk; bounds memory (default 256)")
-    p.add_argument("--workers", type=int, default=4, help="fetch threads (default 4)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="places fetched at once (default: chosen for the source, few local, many remote)")
     p.add_argument("--dask", metavar="SCHEDULER", help="run on a Dask cluster: a scheduler address, or local:N")
     p.add_argument("--retries", type=int, default=2, help="retries per item at fetch, inference and write (default 2)")
     p.add_argument("--no-continue-on-error", action="store_true", help="stop at the first item that fails")

@@ -52,24 +52,36 @@ def write_geoparquet(
     table = pa.table(table_cols)
     types = sorted({g.geom_type for g in geometries if g is not None})
     bbox = list(shapely.total_bounds(np.asarray(geometries, dtype=object))) if n else []
+    kv = file_metadata(types, bbox, crs, meta)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **kv})
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return path
+
+
+def file_metadata(types: Sequence[str], bbox: Sequence[float], crs: str,
+                  meta: dict[str, Any] | None) -> dict[bytes, bytes]:
+    """The key-value metadata of an eoembed GeoParquet file: GeoParquet 1.0 ``geo`` and ``eoembed``."""
     geo = {
         "version": "1.0.0",
         "primary_column": "geometry",
         "columns": {
             "geometry": {
                 "encoding": "WKB",
-                "geometry_types": types,
+                "geometry_types": list(types),
                 "crs": CRS.from_user_input(crs).to_json_dict(),
-                **({"bbox": bbox} if bbox else {}),
+                **({"bbox": list(bbox)} if len(bbox) else {}),
             }
         },
     }
-    kv = {b"geo": json.dumps(geo).encode(), b"eoembed": json.dumps(scrub(meta or {}), default=str).encode()}
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **kv})
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
-    return path
+    return {b"geo": json.dumps(geo).encode(), b"eoembed": json.dumps(scrub(meta or {}), default=str).encode()}
+
+
+def file_crs(metadata: dict[bytes, bytes] | None) -> str:
+    """The CRS of an eoembed GeoParquet file from its schema metadata (EPSG:4326 when absent)."""
+    col = json.loads((metadata or {}).get(b"geo", b"{}")).get("columns", {}).get("geometry", {})
+    return CRS.from_json_dict(col["crs"]).to_string() if col.get("crs") else "EPSG:4326"
 
 
 def read_geoparquet(path: str | Path) -> dict[str, Any]:
@@ -79,9 +91,7 @@ def read_geoparquet(path: str | Path) -> dict[str, Any]:
     except (OSError, pa.ArrowInvalid) as exc:
         raise ExportError(f"{path} is not a readable GeoParquet file ({exc})") from exc
     md = table.schema.metadata or {}
-    geo = json.loads(md.get(b"geo", b"{}"))
-    col = geo.get("columns", {}).get("geometry", {})
-    crs = CRS.from_json_dict(col["crs"]).to_string() if col.get("crs") else "EPSG:4326"
+    crs = file_crs(md)
     emb = table.column("embedding").combine_chunks()
     d = emb.type.list_size
     vectors = np.asarray(emb.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, d)

@@ -50,7 +50,7 @@ class ExportConfig:
     fail_on_bad_input: bool = False
     chunk_size: int = 16
     infer_batch_size: int | None = None
-    num_workers: int = 8
+    num_workers: int | None = None  # None: eoembed's thread budget chooses
     continue_on_error: bool = False
     max_retries: int = 0
     retry_backoff_s: float = 0.0

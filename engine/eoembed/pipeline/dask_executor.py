@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -62,7 +62,7 @@ def run_chunk_on_worker(
 
 
 def run_dask(
-    tasks: list[ChunkTask], jobs: list[ModelJob], source: Any, options: dict[str, Any], temporal: TemporalSpec,
+    tasks: Iterable[ChunkTask], jobs: list[ModelJob], source: Any, options: dict[str, Any], temporal: TemporalSpec,
     prep: InputPrep | None, policy: RetryPolicy, workers: int, scheduler: Any,
     handle: Callable[[ChunkTask, list[ItemResult]], None], should_stop: Callable[[], bool] | None,
 ) -> bool:
@@ -90,18 +90,20 @@ def run_dask(
     cancelled = False
     try:
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-        queue = list(tasks)
+        queue = iter(tasks)  # chunks are planned as they are sent
         ac = as_completed()
         by_future: dict[Any, ChunkTask] = {}
 
         def submit() -> None:
-            task = queue.pop(0)
+            task = next(queue, None)
+            if task is None:
+                return
             fut = client.submit(run_chunk_on_worker, task, jobs, source, options, temporal, prep, policy,
                                 workers, pure=False, retries=policy.retries)
             by_future[fut] = task
             ac.add(fut)
 
-        for _ in range(min(len(queue), 2 * n_workers)):
+        for _ in range(2 * n_workers):
             submit()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eoembed-write") as write_pool:
             writing: Future | None = None
@@ -111,14 +113,14 @@ def run_dask(
                     results = fut.result()
                 except Exception as exc:  # the worker itself died or the task could not run
                     results = [ItemResult(it, stage="worker", error=error_text(exc)) for it in task.items]
-                if queue and not cancelled:
+                if not cancelled:
                     submit()
                 if writing is not None:
                     writing.result()
                 writing = write_pool.submit(handle, task, results)
                 if should_stop is not None and should_stop() and not cancelled:
                     cancelled = True
-                    queue.clear()
+                    queue = iter(())
             if writing is not None:
                 writing.result()
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,11 @@ def fetch_chunk(
     needed: dict[int, set[str]] = {}
     for it in task.items:
         needed.setdefault(it.index, set()).add(it.model)
+    if len(needed) > 1:  # shared work once (one catalogue search); each fetch still does its own
+        for job in jobs:
+            mine = [task.places[i][1] for i, models in needed.items() if job.key in models]
+            with contextlib.suppress(Exception):
+                provider.prepare(mine, temporal, job.sensor)
     groups: dict[str, dict[str, Any]] = {}
     out: Fetched = {}
     pairs = [(index, m) for index, models in needed.items() for m in sorted(models)]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..embedders.base import Embedder
 from ..embedders.registry import get_embedder
@@ -168,36 +170,49 @@ def split_task(task: ChunkTask, size: int) -> list[ChunkTask]:
     return out
 
 
-#: per (model, output): fingerprint → input index of every item the run wants
-Wanted = dict[tuple[str, OutputSpec], dict[str, int]]
+@dataclass(frozen=True)
+class Wanted:
+    """The items a run wants of one model and output: one per place, fingerprints computed when
+    asked (from the place), so that no table of N fingerprints is held in memory."""
+
+    places: Sequence[Place]
+    job: ModelJob
+    output: OutputSpec
+    temporal: TemporalSpec
+    prep: InputPrep | None
+    provider_sig: str
+
+    def __len__(self) -> int:
+        return len(self.places)
+
+    def fp(self, index: int) -> str:
+        """The fingerprint of the item of place `index`."""
+        return fingerprint(self.places[index], self.job, self.output, self.temporal, self.prep, self.provider_sig)
+
+    def matches(self, index: Any, fp: Any) -> bool:
+        """Whether `fp` is what this run wants of place `index` (False for anything malformed)."""
+        return isinstance(index, int) and 0 <= index < len(self.places) and fp == self.fp(index)
 
 
-def plan_chunks(
-    places: Sequence[Place], jobs: Sequence[ModelJob], temporal: TemporalSpec, prep: InputPrep | None,
-    provider_sig: str, done: Mapping[str, Any], chunk_size: int,
-) -> tuple[list[ChunkTask], Wanted, int]:
-    """Every item of the run: ``(chunks of pending places, wanted fingerprints, items already done)``."""
-    items_by_place: list[list[Item]] = []
-    wanted: Wanted = {}
-    skipped = 0
+def plan_wanted(places: Sequence[Place], jobs: Sequence[ModelJob], temporal: TemporalSpec,
+                prep: InputPrep | None, provider_sig: str) -> dict[tuple[str, OutputSpec], Wanted]:
+    """What the run wants, per (model, output), in the order of models and their outputs."""
+    return {(job.key, o): Wanted(places, job, o, temporal, prep, provider_sig) for job in jobs for o in job.outputs}
+
+
+def plan_chunks(places: Sequence[Place], wanted: Mapping[tuple[str, OutputSpec], Wanted],
+                done: Mapping[tuple[str, OutputSpec], np.ndarray], chunk_size: int) -> Iterator[ChunkTask]:
+    """Chunks of `chunk_size` places that have work left (items not `done`), made as they are
+    consumed: planning holds one chunk at a time, whatever the number of places."""
+    number, pending, items = 0, {}, []
     for i, p in enumerate(places):
-        mine = []
-        for job in jobs:
-            for o in job.outputs:
-                fp = fingerprint(p, job, o, temporal, prep, provider_sig)
-                wanted.setdefault((job.key, o), {})[fp] = i
-                if fp in done:
-                    skipped += 1
-                else:
-                    mine.append(Item(i, p.id, job.key, o, fp))
-        items_by_place.append(mine)
-    pending = [i for i, its in enumerate(items_by_place) if its]
-    tasks = [
-        ChunkTask(
-            number=k // chunk_size,
-            places={i: (places[i].id, places[i].spatial) for i in pending[k : k + chunk_size]},
-            items=[it for i in pending[k : k + chunk_size] for it in items_by_place[i]],
-        )
-        for k in range(0, len(pending), chunk_size)
-    ]
-    return tasks, wanted, skipped
+        mine = [Item(i, p.id, key[0], key[1], w.fp(i)) for key, w in wanted.items() if not done[key][i]]
+        if not mine:
+            continue
+        pending[i] = (p.id, p.spatial)
+        items += mine
+        if len(pending) == chunk_size:
+            yield ChunkTask(number, pending, items)
+            number, pending, items = number + 1, {}, []
+    if pending:
+        yield ChunkTask(number, pending, items)

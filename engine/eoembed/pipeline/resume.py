@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 import rasterio
 
 from ..export.layout import PARTS_DIR
 from ..export.manifest import Manifest
+from ..specs import OutputSpec
+from .plan import Wanted
 
 
 def clean_partial_files(out: Path) -> list[Path]:
@@ -56,3 +60,26 @@ def done_fingerprints(out: Path, manifest: Manifest) -> dict[str, dict[str, Any]
         if _file_sound(out / rec["file"], "grid" if rec.get("output") == "grid" else "pooled", cache):
             done[fp] = rec
     return done
+
+
+def latest_ok(manifest: Manifest, wanted: Mapping[tuple[str, OutputSpec], Wanted],
+              out: Path | None = None) -> dict[tuple[str, OutputSpec], np.ndarray]:
+    """Per (model, output): which places' items the manifest's latest record says are ok (and,
+    when `out` is given, whose file is still sound), as one bool per place.
+
+    The manifest is read as a stream and only records whose fingerprint is the one the run
+    wants count, so memory is one byte per place and item, not one record.
+    """
+    by_name = {(key[0], key[1].key()): key for key in wanted}
+    state = {key: np.zeros(len(w), bool) for key, w in wanted.items()}
+    parts: dict[Path, bool] = {}  # part files are shared by a chunk's rows: check each once
+    for rec in manifest.records():
+        key = by_name.get((rec.get("model"), rec.get("output")))
+        if key is None or not wanted[key].matches(rec.get("index"), rec.get("fp")):
+            continue
+        ok = rec.get("status") == "ok" and bool(rec.get("file"))
+        if ok and out is not None:
+            mode = "grid" if rec.get("output") == "grid" else "pooled"
+            ok = _file_sound(out / rec["file"], mode, parts if mode == "pooled" else {})
+        state[key][rec["index"]] = ok
+    return state

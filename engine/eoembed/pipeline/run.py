@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .. import __version__
 from ..embedders.base import Embedder
 from ..errors import EoembedError, ExportError, ModelError, ProviderError, SpecError
@@ -25,11 +27,12 @@ from ..products import open_for, route_products
 from ..providers import Provider
 from ..providers.redact import scrub
 from ..specs import FrameSpec, InputPrep, OutputSpec, SensorSpec, SpatialSpec, TemporalSpec
+from .budget import ThreadBudget, plan_threads, using_torch_threads
 from .consolidate import consolidate_grids, consolidate_pooled
 from .dask_executor import run_dask
 from .inference import ItemResult
-from .plan import ChunkTask, as_outputs, as_places, plan_chunks, plan_models
-from .resume import clean_partial_files, done_fingerprints
+from .plan import ChunkTask, ModelJob, as_outputs, as_places, plan_chunks, plan_models, plan_wanted
+from .resume import clean_partial_files, latest_ok
 from .retry import RetryPolicy
 from .thread_executor import run_threads
 from .writing import Writer
@@ -93,7 +96,8 @@ def run_export(
     id_field: str | None = None,
     buffer_m: float = 320.0,
     chunk_size: int = 256,
-    workers: int = 4,
+    workers: int | None = None,
+    torch_threads: int | None = None,
     executor: str = "thread",
     scheduler: Any = None,
     retries: int = 2,
@@ -107,12 +111,15 @@ def run_export(
 
     Layout: ``<out>/<model>/pooled.parquet`` (+ ``pooled.npz``), ``<out>/<model>/grids/<id>.tif``
     and ``<out>/<model>/grids.nc``, ``<out>/manifest.jsonl``, ``<out>/run.json``.
+    `workers` (places fetched at once) and `torch_threads` default to the thread budget of
+    :mod:`.budget`, chosen from the cores this process may use and the provider.
     """
     t0 = time.perf_counter()
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise SpecError(f"chunk_size={chunk_size!r} must be a whole number ≥ 1")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise SpecError(f"workers={workers!r} must be a whole number ≥ 1")
+    for name, value in (("workers", workers), ("torch_threads", torch_threads)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise SpecError(f"{name}={value!r} must be a whole number ≥ 1 (or None: chosen from the cores)")
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 20:
         raise SpecError(f"retries={retries!r} must be a whole number from 0 to 20")
     if executor not in ("thread", "dask"):
@@ -124,16 +131,34 @@ def run_export(
     if executor == "dask" and any(isinstance(j.model, Embedder) for j in jobs):
         raise SpecError("executor='dask' needs model ids (strings), not Embedder instances, so workers can build them")
     provider = open_for(source, source_options, [j.embedder() for j in jobs])
+    try:
+        return _run(place_list, jobs, provider, temporal, out, t0=t0, source=source, source_options=source_options,
+                    prep=prep, chunk_size=chunk_size, budget=plan_threads(provider, workers, torch_threads),
+                    executor=executor, scheduler=scheduler, policy=policy, continue_on_error=continue_on_error,
+                    progress=progress, should_stop=should_stop, stack=stack)
+    finally:
+        if not isinstance(source, Provider):
+            provider.close()  # opened here: its threads and open files end with the run
+
+
+def _run(
+    place_list: list[Place], jobs: list[ModelJob], provider: Provider, temporal: TemporalSpec, out: str | Path, *,
+    t0: float, source: Any, source_options: dict[str, Any] | None, prep: InputPrep | None, chunk_size: int,
+    budget: ThreadBudget, executor: str, scheduler: Any, policy: RetryPolicy, continue_on_error: bool,
+    progress: ProgressFn | None, should_stop: Callable[[], bool] | None, stack: bool,
+) -> ExportSummary:
+    """The run once everything is resolved: plan, execute, consolidate (see :func:`run_export`)."""
     provider_sig = json.dumps(provider.describe(), sort_keys=True, default=str)
     provider = route_products(provider, [j.embedder() for j in jobs])
     preflight(jobs, provider, temporal, place_list)  # a request that can never succeed fails here, once
     out, _ = prepare_out_dir(out)
     clean_partial_files(out)
     manifest = Manifest(out / MANIFEST_NAME)
-    done = done_fingerprints(out, manifest)
-
-    tasks, wanted, skipped = plan_chunks(place_list, jobs, temporal, prep, provider_sig, done, chunk_size)
-    total = sum(len(v) for v in wanted.values())
+    wanted = plan_wanted(place_list, jobs, temporal, prep, provider_sig)
+    done = latest_ok(manifest, wanted, out)  # ok in the manifest, file still sound
+    total = len(place_list) * len(wanted)
+    skipped = int(sum(int(d.sum()) for d in done.values()))
+    tasks = plan_chunks(place_list, wanted, done, chunk_size)
 
     crs_set = {p.crs for p in place_list}
     geo_crs = crs_set.pop() if len(crs_set) == 1 else "EPSG:4326"
@@ -147,7 +172,8 @@ def run_export(
         **run_meta, "status": "running", "places": len(place_list), "items": total,
         "models": {j.key: {"outputs": [o.key() for o in j.outputs], "frames": j.frames.key() if j.frames else None}
                    for j in jobs},
-        "executor": executor, "chunk_size": chunk_size, "started": datetime.now(timezone.utc).isoformat(),
+        "executor": executor, "chunk_size": chunk_size, "threads": budget.to_dict(),
+        "started": datetime.now(timezone.utc).isoformat(),
     }
     _write_json(out / RUN_NAME, run_info)
     writer = Writer(out, run_id, place_list, geo_crs, manifest, policy, run_meta)
@@ -160,18 +186,19 @@ def run_export(
     def handle(task: ChunkTask, results: list[ItemResult]) -> None:
         records = writer.write(task.number, results)
         bad = [r for r in records if r["status"] != "ok"]
-        failures.extend(bad)
+        failures.extend(bad[: max(0, 50 - len(failures))])  # the first 50 for the summary
         state.add(len(records) - len(bad), len(bad), chunk=task.number)
         if bad and not continue_on_error:
             raise _abort(bad[0])
 
-    if not tasks:
+    if skipped == total:
         pass  # everything is done already: only consolidate
     elif executor == "thread":
-        cancelled = run_threads(tasks, jobs, provider, temporal, prep, policy, workers, chunk_size, handle,
-                                 should_stop)
+        with using_torch_threads(budget.torch):
+            cancelled = run_threads(tasks, jobs, provider, temporal, prep, policy, budget.fetch, chunk_size, handle,
+                                    should_stop, budget.tuner())
     else:
-        cancelled = run_dask(tasks, jobs, source, source_options or {}, temporal, prep, policy, workers,
+        cancelled = run_dask(tasks, jobs, source, source_options or {}, temporal, prep, policy, budget.fetch,
                               scheduler, handle, should_stop)
 
     # consolidate
@@ -180,11 +207,12 @@ def run_export(
         card = job.embedder().describe().to_dict()
         meta = {**run_meta, "model": job.key, "card": card}
         for o in job.outputs:
-            fps = wanted[(job.key, o)]
+            w = wanted[(job.key, o)]
             if o.mode == "pooled":
-                paths = consolidate_pooled(out, job.key, o, fps, {**meta, "output": o.key()}, geo_crs)
+                paths = consolidate_pooled(out, job.key, o, w, {**meta, "output": o.key()}, geo_crs)
             else:
-                ok_ids = _ok_ids(manifest, fps, place_list)
+                ok = latest_ok(manifest, {(job.key, o): w})[(job.key, o)]
+                ok_ids = [(int(i), place_list[i].id) for i in np.flatnonzero(ok)]
                 paths = consolidate_grids(out, job.key, ok_ids, {**meta, "output": "grid"}) if stack and ok_ids else []
             files[f"{job.key}/{o.key()}"] = [str(p.relative_to(out)) for p in paths]
     summary = ExportSummary(
@@ -197,11 +225,6 @@ def run_export(
                                  "finished": datetime.now(timezone.utc).isoformat(), "summary": summary.to_dict()})
     state.report("done")
     return summary
-
-
-def _ok_ids(manifest: Manifest, fps: dict[str, int], places: Sequence[Place]) -> list[tuple[int, str]]:
-    latest = manifest.latest()
-    return [(i, places[i].id) for fp, i in fps.items() if latest.get(fp, {}).get("status") == "ok"]
 
 
 def _abort(rec: dict[str, Any]) -> EoembedError:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..providers import Provider
 from ..specs import InputPrep, TemporalSpec
+from .budget import TorchThreadTuner
 from .fetch import Fetched, fetch_chunk
 from .inference import ItemResult, infer_chunk
 from .plan import ChunkTask, ModelJob, split_task
@@ -15,7 +17,7 @@ from .retry import RetryPolicy
 
 
 def stream_chunks(
-    tasks: Sequence[ChunkTask],
+    tasks: Iterable[ChunkTask],
     fetch: Callable[[ChunkTask], Fetched],
     infer_slice: Callable[[ChunkTask, Fetched], list[ItemResult]],
     slice_size: int,
@@ -67,20 +69,36 @@ def slice_size(jobs: Sequence[ModelJob], chunk_size: int, workers: int) -> int:
 
 
 def run_threads(
-    tasks: list[ChunkTask], jobs: list[ModelJob], provider: Provider, temporal: TemporalSpec,
+    tasks: Iterable[ChunkTask], jobs: list[ModelJob], provider: Provider, temporal: TemporalSpec,
     prep: InputPrep | None, policy: RetryPolicy, workers: int, chunk_size: int,
     handle: Callable[[ChunkTask, list[ItemResult]], None], should_stop: Callable[[], bool] | None,
+    tuner: TorchThreadTuner | None = None,
 ) -> bool:
-    """Fetch ahead of inference (slice by slice) and write chunk k−1 while chunk k is inferred."""
+    """Fetch ahead of inference (slice by slice) and write chunk k−1 while chunk k is inferred;
+    `tuner` sets torch's thread count slice by slice from the rates it measures."""
     broken: dict[str, str] = {}
     size = slice_size(jobs, chunk_size, workers)
+
+    def infer_slice(t: ChunkTask, f: Fetched) -> list[ItemResult]:
+        if tuner is None:
+            return infer_chunk(t, f, jobs, prep, policy, broken)
+        import torch
+
+        n = tuner.pick()
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+        t0 = time.perf_counter()
+        out = infer_chunk(t, f, jobs, prep, policy, broken)
+        tuner.record(n, len(t.places), time.perf_counter() - t0)
+        return out
+
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eoembed-fetch") as fetch_pool, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="eoembed-write") as write_pool:
         writing: Future | None = None
         stream = stream_chunks(
             tasks,
             lambda t: fetch_chunk(t, jobs, provider, temporal, policy, fetch_pool),
-            lambda t, f: infer_chunk(t, f, jobs, prep, policy, broken),
+            infer_slice,
             size, ahead=-(-chunk_size // size) + 1,
         )
         try:

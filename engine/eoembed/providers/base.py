@@ -166,6 +166,20 @@ class Provider(ABC):
         """A FetchRequest for a place on this provider's grid."""
         return FetchRequest(spatial, self.grid_for(spatial, sensor, temporal), temporal, sensor, frames)
 
+    #: places worth fetching at once: a few where fetching is CPU work (local files), many where
+    #: it is waiting on a network (remote providers raise it)
+    fetch_concurrency: int = 4
+
+    def prepare(self, places: Sequence[SpatialSpec], temporal: TemporalSpec, sensor: SensorSpec) -> None:
+        """Told the places about to be requested and fetched together (a slice of a batch), so
+        that work they share is done once (a remote catalogue searched once for all of them);
+        nothing by default."""
+        return None
+
+    def close(self) -> None:
+        """Release what the provider keeps open (threads, files, connections); nothing by default."""
+        return None
+
     @abstractmethod
     def fetch(self, request: FetchRequest) -> Observation:
         """Pixels for one request; raises ProviderError with one sentence when impossible."""

@@ -28,6 +28,11 @@ What real catalogues do and how it is handled:
   retries and its cache of failed URLs are switched off for these reads, so that one policy
   applies and a failure is never replayed from a cache. A permanent failure is one sentence
   naming the (redacted) URL and the HTTP status.
+* **Requests per place** — one search per slice of places (:meth:`StacProvider.prepare`, over
+  the union of their footprints) answers every place of it; COGs stay open between places
+  (:mod:`.remote_datasets`), so a header is read once per COG and a tile two places share is
+  fetched once; asset reads run on one long-lived thread pool sized for I/O (`workers`), whose
+  threads keep their HTTP connections alive.
 * **Secrets** — signed URLs and tokens never appear in errors, meta or ``describe()``, and every
   log record (rasterio, pystac-client, urllib3 … log dataset URLs) is redacted (see :mod:`.redact`).
 """
@@ -40,7 +45,7 @@ import random
 import re
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -63,6 +68,7 @@ from .base import FetchRequest, Observation, Provider, make_observation
 from .composite import composite, frame_series, scene_date
 from .raster_io import read_to_grid
 from .redact import install_log_redaction, redact
+from .remote_datasets import DatasetPool
 from .stac_lattice import header_lattice, proj_lattices
 from .transient import RemoteFailure, classify, probe
 
@@ -86,6 +92,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Earth Search asset keys that the generic band aliases do not cover.
 _EXTRA_KEYS = {"nir09": "B09", "wvp": None, "aot": None, "visual": None, "tci": None}
 _COG_TYPES = ("image/tiff", "image/vnd.stac.geotiff")
+#: area searches (one per prepared slice of places) remembered for the places' own searches
+AREA_SEARCHES = 8
 
 
 @dataclass
@@ -220,7 +228,8 @@ class StacProvider(Provider):
     `max_items`: most items composited per composite window (least cloudy first).
     `retries`, `backoff`: retries of transient HTTP failures and the first delay in seconds
     (doubled each time, with ±50 % jitter). `timeout`: seconds per HTTP request.
-    `workers`: assets read in parallel. `signing`: ``"planetary-computer"`` to sign asset URLs
+    `workers`: asset reads in flight at once, over all places (I/O, not cores: threads wait
+    on the network). `signing`: ``"planetary-computer"`` to sign asset URLs
     with SAS tokens from `sas_url` (set by the preset), None for public COGs.
     `cloud_mask`: mask clouds with the items' ``SCL`` asset. `resampling`: how reflectance
     assets meet the grid when they do not share its pixels. `search_limit`: most items one
@@ -237,7 +246,7 @@ class StacProvider(Provider):
         max_items: int = 32,
         retries: int = 3,
         timeout: float = 30.0,
-        workers: int = 8,
+        workers: int = 32,
         backoff: float = 0.5,
         signing: str | None = "auto",
         sas_url: str | None = None,
@@ -281,6 +290,9 @@ class StacProvider(Provider):
         self._lock = threading.RLock()
         self._client: Any = None
         self._token: tuple[str, float] | None = None  # (SAS token, expiry as time.time())
+        self._datasets = DatasetPool(rasterio.open)
+        self._pool: ThreadPoolExecutor | None = None
+        self._areas: deque[tuple[str, frozenset[str], list[StacItem]]] = deque(maxlen=AREA_SEARCHES)
         self._searched: OrderedDict[tuple, tuple[list[StacItem], int]] = OrderedDict()  # grid_for → fetch
         self._headers: dict[str, Lattice | None] = {}  # COG href → its lattice
         install_log_redaction("rasterio", "pystac_client")
@@ -410,9 +422,48 @@ class StacProvider(Provider):
     # -- search -----------------------------------------------------------------------------
     def search(self, spatial: Any, temporal: TemporalSpec, sensor: SensorSpec,
                stats: dict[str, int] | None = None, max_items: int | None = None) -> list[StacItem]:
-        """Items of the collection over `spatial` in `temporal` with cloud cover ≤ ``cloudy_pct``."""
-        client = self._open_client()
+        """Items of the collection over `spatial` in `temporal` with cloud cover ≤ ``cloudy_pct``
+        (from a prepared area search that included the place when there is one)."""
         place = spatial.shape("EPSG:4326")
+        found = self._prepared_items(spatial, temporal, sensor) if max_items is None else None
+        if found is not None:
+            return _items_over(found, place)
+        return _items_over(self._search_area(place, temporal, sensor, stats, max_items), place)
+
+    # -- one search for many places ---------------------------------------------------------
+    def prepare(self, places: Sequence[SpatialSpec], temporal: TemporalSpec, sensor: SensorSpec) -> None:
+        """Search once over the union of the places' footprints; their own searches (for their
+        grid and their pixels) are then answered from it, without a request each."""
+        key = _search_key(temporal, sensor)
+        todo = [s for s in places if self._prepared_items(s, temporal, sensor) is None]
+        if len(todo) < 2:
+            return
+        area = shapely.union_all([s.shape("EPSG:4326") for s in todo])
+        try:
+            items = self._search_area(area, temporal, sensor)
+        except Exception as exc:  # each place then searches (and reports) on its own
+            log.debug("area search for %d places failed: %s", len(todo), _describe_http_error(exc))
+            return
+        if len(items) >= self.search_limit or any(it.footprint is None for it in items):
+            return  # cut short, or an item the local filter cannot place: search per place
+        with self._lock:
+            self._areas.append((key, frozenset(s.key() for s in todo), items))
+
+    def _prepared_items(self, spatial: Any, temporal: TemporalSpec, sensor: SensorSpec) -> list[StacItem] | None:
+        """The items of a prepared area search that included this place, else None."""
+        key, place = _search_key(temporal, sensor), spatial.key()
+        with self._lock:
+            areas = list(self._areas)
+        for k, places, items in reversed(areas):
+            if k == key and place in places:
+                return items
+        return None
+
+    def _search_area(self, area: Any, temporal: TemporalSpec, sensor: SensorSpec,
+                     stats: dict[str, int] | None = None, max_items: int | None = None) -> list[StacItem]:
+        """Items over `area` (lon/lat geometry) in `temporal` with cloud cover ≤ ``cloudy_pct``."""
+        client = self._open_client()
+        place = area
         last = datetime.combine(temporal.end, datetime.min.time()) - timedelta(milliseconds=1)
         window = f"{temporal.start.isoformat()}T00:00:00Z/{last.strftime('%Y-%m-%dT%H:%M:%S.%f')[:-3]}Z"
         kwargs: dict[str, Any] = {
@@ -441,8 +492,6 @@ class StacProvider(Provider):
             if it is None or not temporal.contains(it.date):
                 continue
             if it.cloud_pct is not None and it.cloud_pct > sensor.cloudy_pct:
-                continue
-            if it.footprint is not None and not it.footprint.intersects(place):
                 continue
             items.append(it)
         items.sort(key=lambda i: (i.when, i.id))
@@ -524,9 +573,8 @@ class StacProvider(Provider):
             if href in self._headers:
                 return self._headers[href]
 
-        def read() -> Lattice | None:
-            with rasterio.Env(**self._gdal_env()), rasterio.open(self.sign(href)) as src:
-                return header_lattice(src, item.footprint, item.id)
+        def read() -> Lattice | None:  # the COG stays open for the reads that follow
+            return self._with_dataset(self.sign(href), lambda src: header_lattice(src, item.footprint, item.id))
 
         try:
             lat = self._retry(f"reading the header of band {band} of item {item.id}", read)
@@ -549,9 +597,8 @@ class StacProvider(Provider):
         def read() -> tuple[np.ndarray, np.ndarray]:
             url = self.sign(href)
             try:
-                with rasterio.Env(**self._gdal_env()), rasterio.open(url) as src:
-                    vals, ok = read_to_grid(src, [1], grid, resampling, nodata)
-                    return vals[0], ok
+                vals, ok = self._with_dataset(url, lambda src: read_to_grid(src, [1], grid, resampling, nodata))
+                return vals[0], ok
             except RasterioIOError as exc:
                 if classify(exc).cause != "not-raster" or not url.startswith(("http://", "https://")):
                     raise
@@ -565,6 +612,7 @@ class StacProvider(Provider):
                     raise
                 with self._lock:  # a refused signature: the token may have expired early
                     self._token = None
+                self._datasets.discard(lambda url: url.startswith(href))
                 return self._retry(f"reading {what}", read, stats)
         except (RasterioIOError, RemoteFailure) as exc:
             f = classify(exc, href)
@@ -573,37 +621,52 @@ class StacProvider(Provider):
                       else "the asset is unavailable or not a GeoTIFF; check the catalogue or its access rights")
             raise ProviderError(f"could not read {what} at {redact(href)} ({f.reason()}){tries}; {advice}") from None
 
+    def _with_dataset(self, url: str, use: Callable[[Any], T]) -> T:
+        """``use(dataset)`` on an open dataset of `url`, one kept open from earlier places when
+        there is one; when such a dataset fails, once more on a fresh open (its signature may have
+        expired, its file changed), so that what fails is reported as a fresh open reports it."""
+        reused = False
+        with rasterio.Env(**self._gdal_env()):
+            try:
+                with self._datasets.borrow(url) as (src, reused):
+                    return use(src)
+            except RasterioIOError:
+                if not reused:
+                    raise
+            with self._datasets.borrow(url, fresh=True) as (src, _):
+                return use(src)
+
     def _read_items(self, items: list[StacItem], bands: list[str], grid: GridSpec,
                     stats: dict[str, int]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Every item's bands on `grid` (assets read in parallel), cloud-masked, offset removed."""
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="eoembed-stac") as pool:
-            jobs = []
-            for it in items:
-                futs = [
-                    pool.submit(self.read_asset, it.hrefs[b], grid, self.resampling, 0.0, stats,
-                                f"band {b} of item {it.id}")
-                    for b in bands
-                ]
-                scl = None
-                if self.cloud_mask and it.scl:
-                    scl = pool.submit(self.read_asset, it.scl, grid, Resampling.nearest, None, stats,
-                                      f"SCL of item {it.id}")
-                jobs.append((it, futs, scl))
-            out = []
-            for it, futs, scl in jobs:
-                vals = np.zeros((len(bands), grid.height, grid.width), np.float32)
-                valid = np.ones((grid.height, grid.width), bool)
-                for j, f in enumerate(futs):
-                    v, ok = f.result()
-                    vals[j] = v
-                    valid &= ok
-                if scl is not None:
-                    classes, ok = scl.result()
-                    valid &= ok & ~np.isin(classes.astype(np.int64), SCL_INVALID)
-                if it.boa_offset:
-                    vals -= np.float32(it.boa_offset)
-                vals[:, ~valid] = 0.0
-                out.append((vals, valid))
+        pool = self._executor()
+        jobs = []
+        for it in items:
+            futs = [
+                pool.submit(self.read_asset, it.hrefs[b], grid, self.resampling, 0.0, stats,
+                            f"band {b} of item {it.id}")
+                for b in bands
+            ]
+            scl = None
+            if self.cloud_mask and it.scl:
+                scl = pool.submit(self.read_asset, it.scl, grid, Resampling.nearest, None, stats,
+                                  f"SCL of item {it.id}")
+            jobs.append((it, futs, scl))
+        out = []
+        for it, futs, scl in jobs:
+            vals = np.zeros((len(bands), grid.height, grid.width), np.float32)
+            valid = np.ones((grid.height, grid.width), bool)
+            for j, f in enumerate(futs):
+                v, ok = f.result()
+                vals[j] = v
+                valid &= ok
+            if scl is not None:
+                classes, ok = scl.result()
+                valid &= ok & ~np.isin(classes.astype(np.int64), SCL_INVALID)
+            if it.boa_offset:
+                vals -= np.float32(it.boa_offset)
+            vals[:, ~valid] = 0.0
+            out.append((vals, valid))
         stats["assets_read"] = sum(len(bands) + (1 if self.cloud_mask and it.scl else 0) for it in items)
         return out
 
@@ -668,6 +731,38 @@ class StacProvider(Provider):
 
     def describe(self) -> dict[str, Any]:
         return {"provider": self.name, "url": redact(self.url), "collection": self.collection, "signing": self.signing}
+
+    @property
+    def fetch_concurrency(self) -> int:
+        """Places worth fetching at once: as many as asset reads in flight (threads wait on I/O)."""
+        return self.workers
+
+    # -- long-lived resources ---------------------------------------------------------------
+    def _executor(self) -> ThreadPoolExecutor:
+        """The asset-read pool, made once: its threads keep GDAL's HTTP connections alive."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="eoembed-stac")
+            return self._pool
+
+    def close(self) -> None:
+        """Stop the read threads and close the open COGs (the provider stays usable)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+            self._areas.clear()
+        if pool is not None:
+            pool.shutdown(wait=True)
+        self._datasets.close()
+
+
+def _search_key(temporal: TemporalSpec, sensor: SensorSpec) -> str:
+    """What a search depends on besides the area: the window and the cloud limit."""
+    return f"{temporal.key()}|{sensor.cloudy_pct:g}"
+
+
+def _items_over(items: list[StacItem], place: Any) -> list[StacItem]:
+    """The items whose footprint meets `place` (lon/lat); items without one are kept."""
+    return [it for it in items if it.footprint is None or it.footprint.intersects(place)]
 
 
 def _merge_acquisitions(

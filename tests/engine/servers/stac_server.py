@@ -1,6 +1,6 @@
 """A small STAC API and COG file server on 127.0.0.1 for tests, run in its own process.
 
-    python stac_server.py --root DIR --log LOG --ready READY [--sas-secret S]
+    python stac_server.py --root DIR --log LOG --ready READY [--sas-secret S] [--latency-ms MS]
 
 `DIR/catalog.json` holds ``{"collections": [...], "items": [...]}`` in which the text
 ``{base}`` stands for this server's root URL; `DIR/data/` holds the files served under
@@ -22,6 +22,13 @@
   dropped), ``"reset"`` (the connection is reset, no answer) or ``"short"`` (the headers promise
   the whole body, half of it comes, then the connection closes). ``{"rate": 0}`` stops it.
   ``GET /_faults`` returns how many faults of each kind were injected.
+* ``GET /_stats`` — requests answered so far by kind: ``search`` (``/search``), ``catalog``
+  (landing page, conformance, collections), ``token``, ``cog_head`` (HEAD of a file),
+  ``cog_header`` (a file read from byte 0: its header), ``tile_read`` (any other range of a file);
+  ``POST /_stats`` with ``{"reset": true}`` returns them and starts counting afresh.
+
+``--latency-ms`` delays every answer (not those of ``/_faults`` and ``/_stats``) by that many
+milliseconds, as a distant server would.
 
 Every request is logged as one JSON line (method, path, query, range, status, bytes) to LOG.
 The port is chosen by the OS and written to READY once the server listens. Loopback only.
@@ -75,6 +82,23 @@ def _match_query(props: dict, query: dict) -> bool:
     return True
 
 
+def request_kind(rec: dict) -> str:
+    """What a logged request was for: search, catalog, token, cog_head, cog_header or tile_read."""
+    path = rec.get("path", "")
+    if path.startswith("/data/"):
+        if rec.get("method") == "HEAD":
+            return "cog_head"
+        rng = rec.get("range") or ""
+        return "cog_header" if not rng or rng.startswith("bytes=0-") else "tile_read"
+    if path.startswith("/search"):
+        return "search"
+    if path.startswith("/sas/"):
+        return "token"
+    if path.startswith("/_"):
+        return "control"
+    return "catalog"
+
+
 class State:
     def __init__(self, root: Path, log: Path, sas_secret: str | None) -> None:
         self.root = root
@@ -83,6 +107,8 @@ class State:
         self.catalog_text = (root / "catalog.json").read_text()
         self.base = ""
         self.faults: list[dict] = []
+        self.latency_s = 0.0
+        self.kinds: dict[str, int] = {}
         self.rate: dict = {"rate": 0.0}
         self.rng = random.Random(0)
         self.injected: dict[str, int] = {}
@@ -92,8 +118,10 @@ class State:
         return json.loads(self.catalog_text.replace("{base}", self.base))
 
     def log(self, rec: dict) -> None:
+        kind = request_kind(rec)
         with self.lock, open(self.log_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+            self.kinds[kind] = self.kinds.get(kind, 0) + 1
+            f.write(json.dumps({**rec, "kind": kind}) + "\n")
 
     def fault_for(self, path: str) -> int | str | None:
         """The fault this request gets: a status, a kind of broken connection, or None."""
@@ -133,6 +161,9 @@ class Server(ThreadingHTTPServer):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # headers and body go out in two writes: without TCP_NODELAY the body would wait for the
+    # client's delayed ACK (~40 ms a request on Linux), a latency no real server adds
+    disable_nagle_algorithm = True
     state: State
 
     def log_message(self, *args) -> None:  # quiet; the JSON log is the record
@@ -179,6 +210,29 @@ class Handler(BaseHTTPRequestHandler):
                    headers=headers, head=head)
         return True
 
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        if ok and self.state.latency_s > 0 and not self.path.startswith("/_"):
+            time.sleep(self.state.latency_s)  # a distant server: every answer comes this much later
+        return ok
+
+    def _stats(self) -> bool:
+        """``/_stats``: the counts of requests by kind (GET) or a reset (POST); True when handled."""
+        if urlparse(self.path).path != "/_stats":
+            return False
+        reset = self.command == "POST" and self._body().get("reset")
+        with self.state.lock:
+            counts = dict(self.state.kinds)
+            if reset:
+                self.state.kinds.clear()
+        body = json.dumps(counts).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        return True
+
     def _broken(self, kind: str, path: str, head: bool) -> bool:
         """A connection that fails without an HTTP status; True when no answer follows.
 
@@ -204,9 +258,12 @@ class Handler(BaseHTTPRequestHandler):
         self._route(head=True)
 
     def do_GET(self) -> None:
-        self._route()
+        if not self._stats():
+            self._route()
 
     def do_POST(self) -> None:
+        if self._stats():
+            return
         url = urlparse(self.path)
         body = self._body()
         if url.path == "/_faults":
@@ -361,8 +418,10 @@ def main() -> None:
     ap.add_argument("--log", required=True, type=Path)
     ap.add_argument("--ready", required=True, type=Path)
     ap.add_argument("--sas-secret", default=None)
+    ap.add_argument("--latency-ms", type=float, default=0.0)
     args = ap.parse_args()
     state = State(args.root, args.log, args.sas_secret)
+    state.latency_s = max(0.0, args.latency_ms) / 1000.0
     Handler.state = state
     server = Server(("127.0.0.1", 0), Handler)
     state.base = f"http://127.0.0.1:{server.server_address[1]}"
