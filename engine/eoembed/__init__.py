@@ -18,7 +18,8 @@ __version__ = "0.1.0"
 _PUBLIC: dict[str, str] = {
     # places, times, sensors, outputs
     **dict.fromkeys(
-        ["BBox", "FrameSpec", "Geometry", "InputPrep", "OutputSpec", "PointBuffer", "SensorSpec", "TemporalSpec"],
+        ["BBox", "FetchSpec", "FrameSpec", "Geometry", "InputPrep", "InputPrepSpec", "OutputSpec", "PointBuffer",
+         "SensorSpec", "TemporalSpec"],
         "specs",
     ),
     # errors
@@ -33,6 +34,12 @@ _PUBLIC: dict[str, str] = {
         "api",
     ),
     "load_export": "export",
+    **dict.fromkeys(["ExportConfig", "ExportModelRequest", "ExportTarget"], "export.targets"),
+    # arrays in
+    **dict.fromkeys(
+        ["UserData", "get_embedding_from_data", "get_embeddings_batch_from_data", "list_models_for_data"],
+        "from_data",
+    ),
     # analysis of grids (numpy only)
     **dict.fromkeys(
         ["cosine_similarity_map", "kmeans", "pca_rgb", "reference_at", "reference_in", "text_similarity_map"],

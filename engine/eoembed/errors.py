@@ -15,6 +15,10 @@ class ProviderError(EoembedError):
     """Imagery could not be found or read for the requested place and time."""
 
 
+class PermanentProviderError(ProviderError):
+    """Imagery that exists but can never be read as asked (HTTP 404, not a GeoTIFF): no retry helps."""
+
+
 class ModelError(EoembedError):
     """A model could not be built, its weights resolved or loaded, or its inference failed."""
 

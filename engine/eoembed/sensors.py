@@ -53,7 +53,41 @@ _ALIASES = {
     "rededge1": "B05", "rededge2": "B06", "rededge3": "B07", "swir16": "B11", "swir22": "B12",
     "coastal": "B01", "watervapor": "B09", "cirrus": "B10", "scl": "SCL",
 }
-COLLECTIONS = ("sentinel-2-l2a",)
+#: Collections eoembed names, and the id each source knows them by. Only Sentinel-2 L2A is
+#: read today; the others are recognised so that requests naming them get a clear answer.
+COLLECTION_IDS: dict[str, dict[str, str]] = {
+    "sentinel-2-l2a": {"local": "sentinel-2-l2a", "stac": "sentinel-2-l2a", "gee": "COPERNICUS/S2_SR_HARMONIZED"},
+    "sentinel-2-l1c": {"local": "sentinel-2-l1c", "stac": "sentinel-2-l1c", "gee": "COPERNICUS/S2_HARMONIZED"},
+    "sentinel-1-grd": {"local": "sentinel-1-grd", "stac": "sentinel-1-grd", "gee": "COPERNICUS/S1_GRD"},
+    "landsat-c2-l2": {"local": "landsat-c2-l2", "stac": "landsat-c2-l2", "gee": "LANDSAT/LC09/C02/T1_L2"},
+}
+COLLECTIONS = tuple(COLLECTION_IDS)
+#: Collections whose pixels eoembed's providers can deliver.
+READABLE_COLLECTIONS = ("sentinel-2-l2a",)
+
+# Other names of the same collections: Earth Engine ids and short names (lower case).
+_COLLECTION_ALIASES = {
+    "copernicus/s2_sr_harmonized": "sentinel-2-l2a", "copernicus/s2_sr": "sentinel-2-l2a",
+    "s2": "sentinel-2-l2a", "s2-l2a": "sentinel-2-l2a", "s2_l2a": "sentinel-2-l2a", "sentinel-2": "sentinel-2-l2a",
+    "copernicus/s2_harmonized": "sentinel-2-l1c", "copernicus/s2": "sentinel-2-l1c", "s2-l1c": "sentinel-2-l1c",
+    "copernicus/s1_grd": "sentinel-1-grd", "s1": "sentinel-1-grd", "sentinel-1": "sentinel-1-grd",
+    "landsat/lc08/c02/t1_l2": "landsat-c2-l2", "landsat/lc09/c02/t1_l2": "landsat-c2-l2",
+    "landsat/le07/c02/t1_l2": "landsat-c2-l2", "landsat/lt05/c02/t1_l2": "landsat-c2-l2",
+}
+
+
+def normalize_collection(name: str) -> str:
+    """eoembed's name of a collection given by its own name, an Earth Engine id or a short name."""
+    key = str(name).strip()
+    low = key.lower()
+    if low in COLLECTION_IDS:
+        return low
+    if low in _COLLECTION_ALIASES:
+        return _COLLECTION_ALIASES[low]
+    raise SpecError(
+        f"collection={name!r} is not supported; use one of {', '.join(COLLECTIONS)} or an Earth Engine id "
+        "such as 'COPERNICUS/S2_SR_HARMONIZED' (or 'hf:<repo>' / a checkpoint path to choose weights)"
+    )
 
 
 def normalize_band(name: str) -> str:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import calendar
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from functools import cached_property, lru_cache
+from pathlib import Path
 from typing import Any, Literal
 
 import shapely
@@ -20,7 +21,7 @@ from pyproj import CRS, Geod, Transformer
 from pyproj.exceptions import CRSError
 
 from .errors import SpecError
-from .sensors import COLLECTIONS, normalize_band
+from .sensors import normalize_band, normalize_collection
 
 #: Largest area one request may cover; bigger areas belong in a batch of smaller ROIs.
 MAX_AREA_KM2 = 2_500.0
@@ -177,6 +178,24 @@ class SpatialSpec:
             )
 
 
+def _either(what: str, crs: Any, pairs: tuple[tuple[str, Any, str, Any], ...]) -> list[Any]:
+    """Each coordinate from its x/y name or its lon/lat name (then `crs` must be geographic)."""
+    out, geographic = [], False
+    for name, value, alias, alias_value in pairs:
+        if value is not None and alias_value is not None:
+            raise SpecError(f"{what}: give {name} or {alias}, not both")
+        if value is None and alias_value is None:
+            raise SpecError(f"{what} needs {name} (or {alias} in degrees)")
+        geographic |= alias_value is not None
+        out.append(value if value is not None else alias_value)
+    if geographic and not parse_crs(crs).is_geographic:
+        raise SpecError(
+            f"{what}: lon/lat keywords are degrees in EPSG:4326, but crs={crs!r} is projected; "
+            "use the x/y keywords for projected coordinates"
+        )
+    return out
+
+
 def _reproject(tr: Transformer, geom: shapely.Geometry) -> shapely.Geometry:
     """`geom` with every vertex passed through the transformer `tr` (2D)."""
     return shapely.transform(geom, lambda x, y: tr.transform(x, y), interleaved=False)
@@ -192,15 +211,38 @@ def _densify(geom: shapely.Geometry, parts: int = 16) -> shapely.Geometry:
     return shapely.segmentize(geom, max_segment_length=length / (4 * parts))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class BBox(SpatialSpec):
-    """An axis-aligned box ``(minx, miny, maxx, maxy)`` in `crs` (x = easting or longitude)."""
+    """An axis-aligned box ``(minx, miny, maxx, maxy)`` in `crs` (x = easting or longitude).
+
+    ``BBox(minlon=, minlat=, maxlon=, maxlat=)`` is the same box in EPSG:4326.
+    """
 
     minx: float
     miny: float
     maxx: float
     maxy: float
     crs: str = "EPSG:4326"
+
+    def __init__(
+        self,
+        minx: float | None = None,
+        miny: float | None = None,
+        maxx: float | None = None,
+        maxy: float | None = None,
+        crs: Any = "EPSG:4326",
+        *,
+        minlon: float | None = None,
+        minlat: float | None = None,
+        maxlon: float | None = None,
+        maxlat: float | None = None,
+    ) -> None:
+        xy = _either("BBox", crs, (("minx", minx, "minlon", minlon), ("miny", miny, "minlat", minlat),
+                                   ("maxx", maxx, "maxlon", maxlon), ("maxy", maxy, "maxlat", maxlat)))
+        for name, value in zip(("minx", "miny", "maxx", "maxy"), xy):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "crs", crs)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         vals = {k: _finite(k, getattr(self, k)) for k in ("minx", "miny", "maxx", "maxy")}
@@ -226,18 +268,48 @@ class BBox(SpatialSpec):
         return f"bbox({self.minx!r},{self.miny!r},{self.maxx!r},{self.maxy!r},{self.crs})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class PointBuffer(SpatialSpec):
     """A square of half-side `buffer_m` ground metres around the point ``(x, y)`` given in `crs`.
 
     The square is axis-aligned in the grid's CRS (a ground CRS, see :class:`SpatialSpec`), so a
     640 m square is exactly 64 × 64 pixels of 10 m whatever CRS the point is written in.
+    ``PointBuffer(lon=, lat=, buffer_m=)`` gives the point in EPSG:4326.
     """
 
     x: float
     y: float
     buffer_m: float
     crs: str = "EPSG:4326"
+
+    def __init__(
+        self,
+        x: float | None = None,
+        y: float | None = None,
+        buffer_m: float | None = None,
+        crs: Any = "EPSG:4326",
+        *,
+        lon: float | None = None,
+        lat: float | None = None,
+    ) -> None:
+        px, py = _either("PointBuffer", crs, (("x", x, "lon", lon), ("y", y, "lat", lat)))
+        if buffer_m is None:
+            raise SpecError("PointBuffer needs buffer_m, the half-side of the square in metres")
+        object.__setattr__(self, "x", px)
+        object.__setattr__(self, "y", py)
+        object.__setattr__(self, "buffer_m", buffer_m)
+        object.__setattr__(self, "crs", crs)
+        self.__post_init__()
+
+    @property
+    def lon(self) -> float:
+        """Longitude of the point (EPSG:4326)."""
+        return self.center(WGS84)[0]
+
+    @property
+    def lat(self) -> float:
+        """Latitude of the point (EPSG:4326)."""
+        return self.center(WGS84)[1]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "x", _finite("x", self.x))
@@ -374,12 +446,31 @@ def _parse_date(name: str, value: Any) -> date:
     raise SpecError(f"{name}={value!r} is not a date; give an ISO date like '2022-06-01'")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class TemporalSpec:
-    """A half-open time window ``[start, end)`` of whole days."""
+    """A half-open time window ``[start, end)`` of whole days.
+
+    ``TemporalSpec(mode="year", year=2022)`` and ``TemporalSpec(mode="range", start=, end=)``
+    are the same as :meth:`year` and :meth:`range`.
+    """
 
     start: date
     end: date
+
+    def __init__(self, start: Any = None, end: Any = None, *, mode: str | None = None,
+                 year: int | None = None) -> None:
+        if mode is not None and mode not in ("year", "range"):
+            raise SpecError(f"TemporalSpec mode={mode!r} must be 'year' or 'range'")
+        if mode == "year" or (mode is None and year is not None):
+            if start is not None or end is not None:
+                raise SpecError("TemporalSpec: give year= or start/end, not both")
+            whole = TemporalSpec.year(year)  # type: ignore[arg-type]
+            start, end = whole.start, whole.end
+        elif mode == "range" and (start is None or end is None):
+            raise SpecError("TemporalSpec needs start and end (ISO dates, end excluded) or year=")
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "end", end)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         s = _parse_date("start", self.start)
@@ -486,10 +577,22 @@ class FrameSpec:
         return f"frames(monthly)/{self.empty}" if self.monthly else f"frames({self.count})/{self.empty}"
 
 
+def _is_checkpoint(text: str) -> bool:
+    """True when a collection string names weights: ``hf:<repo>`` or a path on disk."""
+    if text.startswith("hf:"):
+        return True
+    if text.startswith(("/", "./", "../", "~")) or text.endswith((".pt", ".pth", ".ckpt", ".safetensors", ".bin")):
+        return True
+    return "/" in text and Path(text).expanduser().exists()
+
+
 @dataclass(frozen=True)
 class SensorSpec:
     """Which imagery to read and how to composite it.
 
+    `collection` is eoembed's name (``"sentinel-2-l2a"``) or an Earth Engine id
+    (``"COPERNICUS/S2_SR_HARMONIZED"``), kept as `requested_collection`; ``"hf:<repo>[@rev]"``
+    or a checkpoint path instead chooses the model's weights (`checkpoint`) and reads S2 L2A.
     `bands` None means "what the model needs"; `scale_m` is the output pixel size in metres;
     `cloudy_pct` the largest scene cloud cover accepted; `fill_value` fills pixels no scene
     covers; `composite` is ``"median"`` (per-pixel median over dates) or ``"mosaic"``
@@ -502,12 +605,20 @@ class SensorSpec:
     cloudy_pct: float = 30.0
     fill_value: float = 0.0
     composite: Literal["median", "mosaic"] = "median"
+    checkpoint: str | None = None
+    requested_collection: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if self.collection not in COLLECTIONS:
-            raise SpecError(
-                f"collection={self.collection!r} is not supported; use one of {', '.join(COLLECTIONS)}"
-            )
+        text = str(self.collection).strip()
+        if _is_checkpoint(text):
+            if self.checkpoint is not None and self.checkpoint != text:
+                raise SpecError(f"collection={text!r} names weights, and so does checkpoint={self.checkpoint!r}; give one")
+            object.__setattr__(self, "checkpoint", text)
+            text = "sentinel-2-l2a"
+        name = normalize_collection(text)
+        if self.requested_collection is None:
+            object.__setattr__(self, "requested_collection", text)
+        object.__setattr__(self, "collection", name)
         if self.bands is not None:
             if isinstance(self.bands, str) or not len(self.bands):
                 raise SpecError("bands must be a non-empty list of band names like ['B04', 'B03', 'B02']")
@@ -528,11 +639,34 @@ class SensorSpec:
             raise SpecError(f"composite={self.composite!r} must be 'median' or 'mosaic'")
 
     def with_bands(self, bands: tuple[str, ...]) -> SensorSpec:
-        return SensorSpec(self.collection, tuple(bands), self.scale_m, self.cloudy_pct, self.fill_value, self.composite)
+        return replace(self, bands=tuple(bands))
 
     def key(self) -> str:
         bands = ",".join(self.bands) if self.bands else "*"
         return f"{self.collection}[{bands}]@{self.scale_m:g}m<{self.cloudy_pct:g}%/{self.composite}/fill={self.fill_value:g}"
+
+
+@dataclass(frozen=True)
+class FetchSpec:
+    """Overrides of how the model's own sensor is fetched (None keeps the model's default)."""
+
+    scale_m: float | None = None
+    cloudy_pct: float | None = None
+    fill_value: float | None = None
+    composite: Literal["median", "mosaic"] | None = None
+
+    def sensor(self, scale_m: float) -> SensorSpec:
+        """The sensor spec these overrides make from a model whose native scale is `scale_m`."""
+        base = SensorSpec(scale_m=scale_m)
+        given = {k: v for k, v in vars(self).items() if v is not None}
+        return replace(base, **given)
+
+
+def _no_extra(what: str, unknown: dict[str, Any]) -> None:
+    if "scale_m" in unknown:
+        raise SpecError(f"{what}() takes no scale_m; set the pixel size with fetch=FetchSpec(scale_m=...)")
+    if unknown:
+        raise SpecError(f"{what}() does not take {', '.join(sorted(unknown))}")
 
 
 @dataclass(frozen=True)
@@ -549,11 +683,19 @@ class OutputSpec:
             raise SpecError(f"pooling={self.pooling!r} must be 'mean' or 'max'")
 
     @classmethod
-    def pooled(cls, pooling: Literal["mean", "max"] = "mean") -> OutputSpec:
+    def pooled(cls, pooling: Literal["mean", "max"] = "mean", **unknown: Any) -> OutputSpec:
+        _no_extra("OutputSpec.pooled", unknown)
         return cls("pooled", pooling)
 
     @classmethod
-    def grid(cls) -> OutputSpec:
+    def grid(cls, *, grid_orientation: str = "north_up", **unknown: Any) -> OutputSpec:
+        """A georeferenced grid; grids are always north-up on the place's CRS."""
+        _no_extra("OutputSpec.grid", unknown)
+        if grid_orientation != "north_up":
+            raise SpecError(
+                f"grid_orientation={grid_orientation!r}: eoembed grids are always north-up and "
+                "georeferenced on the place's CRS; leave grid_orientation unset or 'north_up'"
+            )
         return cls("grid")
 
     def key(self) -> str:
@@ -566,25 +708,79 @@ class InputPrep:
 
     ``"resize"`` resamples the whole place to the model's image size (one forward pass);
     ``"tile"`` cuts it into model-size tiles at native resolution (up to `max_tiles`) and
-    stitches the grids or averages the pooled vectors.
+    stitches the grids or averages the pooled vectors; ``"auto"`` tiles places larger than
+    the model's image size when they need at most `max_tiles` tiles, else resizes.
+    `tile_size` / `tile_stride`, when given, must be the model's image size (tiles do not
+    overlap).
     """
 
-    mode: Literal["resize", "tile"] = "resize"
+    mode: Literal["resize", "tile", "auto"] = "resize"
     max_tiles: int = 64
+    tile_size: int | None = None
+    tile_stride: int | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in ("resize", "tile"):
-            raise SpecError(f"InputPrep mode={self.mode!r} must be 'resize' or 'tile'")
+        if self.mode not in ("resize", "tile", "auto"):
+            raise SpecError(f"InputPrep mode={self.mode!r} must be 'resize', 'tile' or 'auto'")
         if isinstance(self.max_tiles, bool) or not isinstance(self.max_tiles, int) or not 1 <= self.max_tiles <= 4096:
             raise SpecError(f"max_tiles={self.max_tiles!r} must be a whole number from 1 to 4096")
+        for name in ("tile_size", "tile_stride"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise SpecError(f"{name}={v!r} must be a whole number of pixels ≥ 1")
+        if self.tile_stride is not None and self.tile_stride != (self.tile_size or self.tile_stride):
+            raise SpecError(
+                f"tile_stride={self.tile_stride} differs from tile_size={self.tile_size}: "
+                "eoembed tiles do not overlap; leave tile_stride unset"
+            )
 
     @classmethod
     def resize(cls) -> InputPrep:
         return cls("resize")
 
     @classmethod
-    def tile(cls, max_tiles: int = 64) -> InputPrep:
-        return cls("tile", max_tiles)
+    def tile(cls, max_tiles: int = 64, *, tile_size: int | None = None, tile_stride: int | None = None,
+             **unknown: Any) -> InputPrep:
+        _check_prep_extras(unknown)
+        return cls("tile", max_tiles, tile_size, tile_stride)
+
+    @classmethod
+    def auto(cls, max_tiles: int = 64, *, tile_size: int | None = None, tile_stride: int | None = None,
+             **unknown: Any) -> InputPrep:
+        _check_prep_extras(unknown)
+        return cls("auto", max_tiles, tile_size, tile_stride)
+
+    @classmethod
+    def parse(cls, value: Any) -> InputPrep | None:
+        """An InputPrep from None, an InputPrep or the strings 'resize', 'tile', 'auto'."""
+        if value is None or isinstance(value, InputPrep):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("resize", "tile", "auto"):
+            return cls(value.strip().lower())  # type: ignore[arg-type]
+        raise SpecError(f"input_prep={value!r} must be 'resize', 'tile', 'auto' or an InputPrep")
+
+    def resolve(self, height: int, width: int, image_size: int | None) -> InputPrep:
+        """The concrete mode for a place of height × width pixels ('auto' decided here)."""
+        if self.mode != "auto":
+            return self
+        if not image_size or (height <= image_size and width <= image_size):
+            return InputPrep("resize", self.max_tiles)
+        tiles = -(-height // image_size) * -(-width // image_size)
+        return InputPrep("tile" if tiles <= self.max_tiles else "resize", self.max_tiles, self.tile_size)
 
     def key(self) -> str:
-        return self.mode if self.mode == "resize" else f"tile<={self.max_tiles}"
+        return self.mode if self.mode == "resize" else f"{self.mode}<={self.max_tiles}"
+
+
+#: The name rs-embed users know this spec by.
+InputPrepSpec = InputPrep
+
+
+def _check_prep_extras(unknown: dict[str, Any]) -> None:
+    pad = unknown.pop("pad_edges", True)
+    if pad is not True:
+        raise SpecError("pad_edges=False: eoembed always pads edge tiles with invalid fill; leave pad_edges unset")
+    for ignored in ("max_tiles_hard", "tile_snap_frac"):
+        unknown.pop(ignored, None)
+    if unknown:
+        raise SpecError(f"InputPrep does not take {', '.join(sorted(unknown))}")

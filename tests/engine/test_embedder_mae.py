@@ -73,9 +73,9 @@ def test_cards_licences_and_variants():
     assert cards["satmaepp-rgb"].license == "Apache-2.0"
     assert cards["satmae"].noncommercial and cards["scalemae"].noncommercial
     assert not cards["satmaepp-s2"].noncommercial and not cards["satmaepp-rgb"].noncommercial
-    assert cards["satmaepp-rgb"].aliases == ("satmaepp",)
+    assert cards["satmaepp-rgb"].aliases == ("satmae++", "satmaepp", "satmaepp_rgb")  # with rs-embed's ids
     assert cards["satmaepp-rgb"].variants == ("satmaepp-s2",)
-    assert cards["scalemae"].aliases == ("scale-mae",)
+    assert cards["scalemae"].aliases == ("scale-mae", "scalemae_rgb")
     assert cards["satmae"].preprocessing["mean"] == FMOW_MEAN
     assert cards["satmae"].preprocessing["std"] == FMOW_STD
     assert cards["scalemae"].preprocessing["mean"] == [0.485, 0.456, 0.406]

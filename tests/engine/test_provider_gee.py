@@ -344,6 +344,19 @@ def test_unreachable_endpoint(server):
     assert time.time() - t0 < 10
 
 
+@pytest.mark.parametrize("message, says", [
+    ("HTTPConnectionPool(host='127.0.0.1', port=40123): Max retries exceeded (Errno 111 refused)",
+     "could not reach"),  # a port with 401 in it is no HTTP 401
+    ("HTTPConnectionPool(host='127.0.0.1', port=54290): Max retries exceeded (Errno 111 refused)",
+     "could not reach"),
+    ("<HttpError 401 when requesting v1/projects/p: Request had invalid credentials>", "did not accept"),
+    ("HttpError 429: Too Many Requests", "over its quota"),
+])
+def test_errors_are_explained_by_their_words_not_by_digits_inside_a_port(message, says):
+    p = EarthEngineProvider(project=PROJECT, credentials=Credentials(TOKEN), url="http://127.0.0.1:40123")
+    assert says in str(p._explain(RuntimeError(message), "listing images"))
+
+
 def test_service_account_key_and_secret_hygiene(server, service_account, key_file, caplog):
     caplog.set_level(logging.DEBUG)
     p = _provider(server, credentials=str(key_file), project=None)

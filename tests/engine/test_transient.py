@@ -99,6 +99,20 @@ def test_a_permanent_failure_is_one_sentence_with_the_redacted_url_and_status_an
     assert stats == {}  # counted faults are not rate faults
 
 
+def test_a_permanent_item_failure_is_not_retried_by_the_pipeline(server, tmp_path):
+    server.faults(clear=True)
+    server.faults(match="/data/S2A_33TVM_20220610_L2A_B03.tif", status=404, count=100)
+    try:
+        ok, failed = _run(server, tmp_path, 2, retries=0)
+    finally:
+        server.faults(clear=True)
+    assert (ok, failed) == (0, 2)
+    records = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    failed_records = [r for r in records if r.get("status") == "failed"]
+    assert failed_records and all(r["attempts"]["fetch"] == 1 for r in failed_records), failed_records
+    assert all("HTTP 404" in r["error"] for r in failed_records)
+
+
 def _run(server: StacServer, out: Path, n: int, **opts) -> tuple[int, int]:
     places = {f"p{i}": PointBuffer(x, y, 60, crs="EPSG:32633") for i, (x, y) in enumerate(points(n))}
     s = export_batch(places, WINDOW, "rcf", out, source="stac",

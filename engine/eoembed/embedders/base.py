@@ -148,6 +148,12 @@ class Embedder(ABC):
                 f"model {card.id!r} gives {' and '.join(card.outputs)} output, not {output.mode!r}; "
                 f"use output={card.outputs[0]!r}"
             )
+        wants = getattr(card, "collection", "sentinel-2-l2a")
+        if sensor is not None and sensor.collection != wants:
+            raise CapabilityError(
+                f"model {card.id!r} reads {wants}, not {sensor.requested_collection or sensor.collection!r} "
+                f"({sensor.collection}); leave collection unset or give {wants!r}"
+            )
         if sensor is not None and sensor.bands is not None:
             missing = [b for b in card.bands if b not in sensor.bands]
             if missing:
@@ -162,6 +168,12 @@ class Embedder(ABC):
         if prep is not None and prep.mode == "tile" and card.image_size is None:
             raise CapabilityError(
                 f"model {card.id!r} takes any image size, so tiling does not apply; use InputPrep.resize()"
+            )
+        size = prep.tile_size if prep is not None else None
+        if size is not None and card.image_size is not None and size != card.image_size:
+            raise CapabilityError(
+                f"model {card.id!r} tiles at its input size of {card.image_size} px, not tile_size={size}; "
+                "leave tile_size unset"
             )
 
     def sensor_for(self, sensor: SensorSpec | None) -> SensorSpec:
@@ -202,6 +214,8 @@ class Embedder(ABC):
         self.check(output, prep=prep)
         self.load()
         card = self.describe()
+        if prep is not None and prep.mode == "auto":
+            return self._embed_auto(observations, output, prep, card.image_size)
         if prep is not None and prep.mode == "tile" and card.image_size:
             return [self._embed_tiled(o, output, prep, card.image_size) for o in observations]
         out: list[Embedding] = []
@@ -213,6 +227,23 @@ class Embedder(ABC):
                     raise ModelError(f"model {self.model_id!r} returned {len(res)} results for {len(batch)} inputs")
                 out.extend(res)
         return out
+
+    def _embed_auto(
+        self, observations: Sequence[Observation], output: OutputSpec, prep: InputPrep, size: int | None
+    ) -> list[Embedding]:
+        """'auto': each place tiled or resized (see :meth:`InputPrep.resolve`), order kept."""
+        chosen = [prep.resolve(o.grid.height, o.grid.width, size) for o in observations]
+        resized = [i for i, p in enumerate(chosen) if p.mode == "resize"]
+        out: list[Embedding | None] = [None] * len(observations)
+        if resized:
+            for i, e in zip(resized, self.embed([observations[i] for i in resized], output, None)):
+                out[i] = e
+        for i, p in enumerate(chosen):
+            if p.mode == "tile":
+                out[i] = self._embed_tiled(observations[i], output, p, size)  # type: ignore[arg-type]
+        for e, p in zip(out, chosen):
+            e.meta["input_prep"] = {"requested": prep.key(), "resolved": p.mode}  # type: ignore[union-attr]
+        return out  # type: ignore[return-value]
 
     @abstractmethod
     def embed_batch(self, observations: list[Observation], output: OutputSpec) -> list[Embedding]:

@@ -62,6 +62,38 @@ _ALIASES: dict[str, str] = {
     "gse": "alphaearth",
 }
 
+#: rs-embed's model ids → eoembed's (the first candidate registered here wins). An id whose model
+#: eoembed does not have stays unknown, so asking for it is the unknown-model sentence.
+_RS_EMBED_IDS: dict[str, tuple[str, ...]] = {
+    "remoteclip_s2rgb": ("remoteclip-vit-b-32",),
+    "prithvi": ("prithvi-eo-2.0-100m-tl", "prithvi"),
+    "prithvi_eo_v2_s2_6b": ("prithvi-eo-2.0-100m-tl", "prithvi"),
+    "satmae_rgb": ("satmae",),
+    "satmaepp_rgb": ("satmaepp-rgb", "satmaepp"),
+    "satmae++": ("satmaepp-rgb", "satmaepp"),
+    "scalemae_rgb": ("scalemae",),
+    "dofa": ("dofa-base",),
+    "clay": ("clay-v1.5",),
+    "gse": ("alphaearth",),
+    "gse_annual": ("alphaearth",),
+    "copernicus": ("copernicus-embed",),
+    "copernicus_embed": ("copernicus-embed",),
+    "terrafm_b": ("terrafm-b", "terrafm"),
+    "thor_1_0_base": ("thor-1.0-base", "thor"),
+    "satvision_toa": ("satvision-toa", "satvision"),
+}
+
+
+def _registered(candidates: tuple[str, ...]) -> str | None:
+    return next((t for t in candidates if t in _MODELS), None)
+
+
+_ALIASES.update({
+    alias: _registered(targets)  # type: ignore[misc]
+    for alias, targets in _RS_EMBED_IDS.items()
+    if _registered(targets) and alias not in _MODELS and alias not in _ALIASES
+})
+
 # The one piece of global state: built embedders, keyed by (model, device, weights, config).
 _CACHE: dict[tuple, Embedder] = {}
 _CACHE_LOCK = threading.Lock()

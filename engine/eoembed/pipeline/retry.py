@@ -8,10 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import CapabilityError, EoembedError, SpecError
+from ..errors import CapabilityError, EoembedError, PermanentProviderError, SpecError
 
-#: Errors that no retry can fix: the request itself is wrong.
-PERMANENT = (SpecError, CapabilityError)
+#: Errors that no retry can fix: the request itself is wrong, or the data can never be read.
+PERMANENT = (SpecError, CapabilityError, PermanentProviderError)
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,14 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 import numpy as np
 
 from ..errors import ProviderError
+from ..grid import roi_mask
 from ..specs import FrameSpec, TemporalSpec
+from .base import FetchRequest, Observation, make_observation
 
 
 def composite(
@@ -146,3 +149,43 @@ def frame_series(
         [fdates[i] for i in keep],
         fmeta,
     )
+
+
+def scenes_to_observation(
+    stack: np.ndarray,
+    valid: np.ndarray,
+    dates: Sequence[date],
+    bands: Sequence[str],
+    request: FetchRequest,
+    meta: dict[str, Any],
+    what: str,
+    roi: np.ndarray | None = None,
+) -> Observation:
+    """Scenes ``(N, C, H, W)`` on the request's grid, dated, made into the request's Observation:
+    one composite over the window, or the request's frames; coverage recorded in `meta`.
+
+    Shared by the local provider and user arrays, so that the same pixels give the same input.
+    """
+    sensor, temporal = request.sensor, request.temporal
+    meta = {**meta, "window": temporal.key(), "composite": sensor.composite}
+    if request.frames is None:
+        values, ok = composite(stack, valid, dates, sensor.composite, sensor.fill_value)
+        values, ok, frame_dates = values[None], ok[None], [scene_date(dates, valid) or temporal.midpoint]
+    else:
+        fr = frame_series(stack, valid, dates, temporal, request.frames, sensor.composite, sensor.fill_value)
+        values, ok, frame_dates = fr.values, fr.valid, fr.dates
+        meta["frames"] = fr.meta
+        meta["empty_frames"] = request.frames.empty
+    coverage = float(ok.any(axis=0).mean())
+    if coverage == 0.0:
+        raise ProviderError(
+            f"{what} has no valid pixels in {temporal.key()} (all nodata or clouds); "
+            "choose another window or place"
+        )
+    meta["coverage"] = round(coverage, 6)
+    meta["partial"] = coverage < 1.0
+    if meta["partial"]:
+        meta["fill_value"] = sensor.fill_value
+    if roi is None:
+        roi = roi_mask(request.spatial, request.grid)
+    return make_observation(values, ok, request.grid, bands, frame_dates, roi, meta)

@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timezone
@@ -79,6 +80,11 @@ def tiles_for(width: int, height: int, max_pixels: int) -> list[tuple[int, int, 
 def _message(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return redact(text.splitlines()[0] if len(text) < 400 else text[:400])
+
+
+def _code(text: str, status: int) -> bool:
+    """Whether `text` names HTTP `status` as a number of its own (not inside a port or a count)."""
+    return re.search(rf"(?<![\d.:]){status}(?![\d.])", text) is not None
 
 
 class EarthEngineProvider(Provider):
@@ -238,18 +244,18 @@ class EarthEngineProvider(Provider):
                 f"the Earth Engine collection {self.collection!r} lacks a band the request needs ({msg}); "
                 "choose bands the collection has or another collection"
             )
-        if any(k in low for k in ("quota", "too many", "resource_exhausted", "rate limit", "429")):
+        if any(k in low for k in ("quota", "too many", "resource_exhausted", "rate limit")) or _code(low, 429):
             return ProviderError(
                 f"Earth Engine refused {doing} because project {project!r} is over its quota ({msg}); wait and "
                 "try again, lower workers=, or ask for more quota"
             )
         if any(k in low for k in ("has not been used in project", "not registered", "permission", "permission_denied",
-                                  "caller does not have", "403")):
+                                  "caller does not have")) or _code(low, 403):
             return ProviderError(
                 f"project {project!r} may not use Earth Engine ({msg}); register it for Earth Engine, enable the "
                 "Earth Engine API and check your role in it, or pass another project="
             )
-        if any(k in low for k in ("authenticat", "unauthorized", "invalid_grant", "401", "credentials", "token")):
+        if any(k in low for k in ("authenticat", "unauthorized", "invalid_grant", "credentials", "token")) or _code(low, 401):
             return ProviderError(
                 f"Earth Engine did not accept the credentials while {doing} ({msg}); run `earthengine "
                 "authenticate` again or check the service-account key"

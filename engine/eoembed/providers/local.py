@@ -44,12 +44,12 @@ from rasterio.errors import RasterioIOError
 from rasterio.warp import transform_bounds
 
 from ..errors import ProviderError, SpecError
-from ..grid import GridSpec, roi_mask
+from ..grid import GridSpec
 from ..sensors import S2_BANDS, S2_STACK_LAYOUTS, SCL_INVALID, normalize_band
 from ..specs import WGS84, SensorSpec, SpatialSpec, TemporalSpec, crs_string, parse_crs, transformer
 from ..working_grid import Lattice
-from .base import FetchRequest, Observation, Provider, make_observation
-from .composite import composite, frame_series, scene_date
+from .base import FetchRequest, Observation, Provider
+from .composite import scenes_to_observation
 from .raster_io import read_to_grid
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
@@ -392,39 +392,18 @@ class LocalProvider(Provider):
             stack.append(vals)
             valid.append(ok)
             when.append(s.date or temporal.midpoint)
-        stack_a = np.stack(stack)
-        valid_a = np.stack(valid)
         meta: dict[str, Any] = {
             "provider": self.name,
             "scenes": [s.id for s in usable],
             "dates": [s.date.isoformat() if s.date else None for s in usable],
-            "window": temporal.key(),
-            "composite": sensor.composite,
         }
         if any(s.date is None for s in usable):
             meta["undated_scenes"] = [s.id for s in usable if s.date is None]
         if any(s.boa_offset for s in usable):
             meta["boa_offset_removed"] = {s.id: s.boa_offset for s in usable if s.boa_offset}
-        if request.frames is None:
-            values, ok = composite(stack_a, valid_a, when, sensor.composite, sensor.fill_value)
-            values, ok, frame_dates = values[None], ok[None], [scene_date(when, valid_a) or temporal.midpoint]
-        else:
-            fr = frame_series(stack_a, valid_a, when, temporal, request.frames, sensor.composite, sensor.fill_value)
-            values, ok, frame_dates = fr.values, fr.valid, fr.dates
-            meta["frames"] = fr.meta
-            meta["empty_frames"] = request.frames.empty
-        coverage = float(ok.any(axis=0).mean())
-        if coverage == 0.0:
-            raise ProviderError(
-                f"local imagery over the place has no valid pixels in {temporal.key()} (all nodata or clouds); "
-                "choose another window or place"
-            )
-        meta["coverage"] = round(coverage, 6)
-        meta["partial"] = coverage < 1.0
-        if meta["partial"]:
-            meta["fill_value"] = sensor.fill_value
-        roi = roi_mask(request.spatial, grid)
-        return make_observation(values, ok, grid, bands, frame_dates, roi, meta)
+        return scenes_to_observation(
+            np.stack(stack), np.stack(valid), when, bands, request, meta, "local imagery over the place"
+        )
 
     def _read_scene(self, scene: Scene, bands: list[str], grid: GridSpec) -> tuple[np.ndarray, np.ndarray]:
         out = np.zeros((len(bands), grid.height, grid.width), np.float32)

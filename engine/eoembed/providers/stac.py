@@ -59,7 +59,7 @@ import shapely.geometry
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 
-from ..errors import ProviderError, SpecError
+from ..errors import PermanentProviderError, ProviderError, SpecError
 from ..grid import GridSpec, roi_mask
 from ..sensors import S2_BANDS, SCL_INVALID, normalize_band
 from ..specs import SensorSpec, SpatialSpec, TemporalSpec
@@ -574,35 +574,44 @@ class StacProvider(Provider):
                 return self._headers[href]
 
         def read() -> Lattice | None:  # the COG stays open for the reads that follow
-            return self._with_dataset(self.sign(href), lambda src: header_lattice(src, item.footprint, item.id))
+            url = self.sign(href)
+            return self._opened(url, lambda: self._with_dataset(
+                url, lambda src: header_lattice(src, item.footprint, item.id)))
 
         try:
             lat = self._retry(f"reading the header of band {band} of item {item.id}", read)
-        except RasterioIOError as exc:
-            tries = f" after {self.retries + 1} attempts" if _is_transient(exc) else ""
-            raise ProviderError(
-                f"could not read the header of band {band} of item {item.id} from "
-                f"{urlparse(href).netloc or 'its file'} ({redact(str(exc))}){tries}; the asset may be "
-                "unavailable, try again later"
+        except (RasterioIOError, RemoteFailure) as exc:
+            f = classify(exc, href)
+            tries = f" after {self.retries + 1} attempts" if f.transient else ""
+            error = ProviderError if f.transient else PermanentProviderError
+            raise error(
+                f"could not read the header of band {band} of item {item.id} at {redact(href)} "
+                f"({f.reason()}){tries}; the asset may be unavailable, try again later"
             ) from None
         with self._lock:
             self._headers[href] = lat
         return lat
 
     # -- reading ----------------------------------------------------------------------------
+    def _opened(self, url: str, use: Callable[[], T]) -> T:
+        """``use()``, with the real cause found by probing the server when GDAL hides it behind
+        "not recognized as a supported file format" (a cut-short or refused open)."""
+        try:
+            return use()
+        except RasterioIOError as exc:
+            if classify(exc).cause != "not-raster" or not url.startswith(("http://", "https://")):
+                raise
+            raise RemoteFailure(probe(url, self.timeout)) from exc
+
     def read_asset(self, href: str, grid: GridSpec, resampling: Resampling, nodata: float | None,
                    stats: dict[str, int] | None = None, what: str = "asset") -> tuple[np.ndarray, np.ndarray]:
         """Band 1 of the COG at `href` on `grid` (only the window the grid needs): values, validity."""
 
         def read() -> tuple[np.ndarray, np.ndarray]:
             url = self.sign(href)
-            try:
-                vals, ok = self._with_dataset(url, lambda src: read_to_grid(src, [1], grid, resampling, nodata))
-                return vals[0], ok
-            except RasterioIOError as exc:
-                if classify(exc).cause != "not-raster" or not url.startswith(("http://", "https://")):
-                    raise
-                raise RemoteFailure(probe(url, self.timeout)) from exc  # GDAL hid the cause
+            vals, ok = self._opened(url, lambda: self._with_dataset(
+                url, lambda src: read_to_grid(src, [1], grid, resampling, nodata)))
+            return vals[0], ok
 
         try:
             try:
@@ -619,7 +628,8 @@ class StacProvider(Provider):
             tries = f" after {self.retries + 1} attempts" if f.transient else ""
             advice = ("the server kept failing; try again later or raise retries=" if f.transient
                       else "the asset is unavailable or not a GeoTIFF; check the catalogue or its access rights")
-            raise ProviderError(f"could not read {what} at {redact(href)} ({f.reason()}){tries}; {advice}") from None
+            error = ProviderError if f.transient else PermanentProviderError
+            raise error(f"could not read {what} at {redact(href)} ({f.reason()}){tries}; {advice}") from None
 
     def _with_dataset(self, url: str, use: Callable[[Any], T]) -> T:
         """``use(dataset)`` on an open dataset of `url`, one kept open from earlier places when
