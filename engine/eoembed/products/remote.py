@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from ..errors import ProviderError, SpecError
+from ..providers.raster_io import http_gdal_env
 from ..providers.redact import install_log_redaction, redact
 
 log = logging.getLogger(__name__)
@@ -189,18 +190,8 @@ class Remote:
 
     # -- GDAL -------------------------------------------------------------------------------------
     def gdal_env(self) -> dict[str, Any]:
-        """GDAL options for windowed COG reads over HTTP (retries are ours, see :meth:`retry`)."""
-        return {
-            "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-            "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF,.vrt,.VRT",
-            "GDAL_HTTP_MAX_RETRY": "0",
-            "CPL_VSIL_CURL_NON_CACHED": "/vsicurl/",
-            "GDAL_HTTP_TIMEOUT": str(max(1, int(round(self.timeout)))),
-            "GDAL_HTTP_CONNECTTIMEOUT": str(max(1, int(round(self.timeout)))),
-            "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
-            "AWS_NO_SIGN_REQUEST": "YES",
-            "CPL_CURL_VERBOSE": "NO",
-        }
+        """GDAL options for windowed COG and VRT reads over HTTP (retries are ours, see :meth:`retry`)."""
+        return http_gdal_env(self.timeout, vrt=True)
 
 
 def is_url(url: str) -> bool:

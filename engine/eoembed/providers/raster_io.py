@@ -109,3 +109,21 @@ def _read_warped(src, indexes, grid, resampling, nd):
     valid = ~np.isnan(out).any(axis=0)
     out[:, ~valid] = 0.0
     return out, valid
+
+
+def http_gdal_env(timeout: float, *, vrt: bool = False) -> dict[str, str]:
+    """GDAL options for windowed COG reads over HTTP. Retries are the caller's: GDAL must neither
+    retry nor cache a failed URL, or a later attempt in this process would be answered from it."""
+    seconds = str(max(1, int(round(timeout))))
+    extensions = ".tif,.tiff,.TIF,.TIFF" + (",.vrt,.VRT" if vrt else "")
+    return {
+        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+        "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": extensions,
+        "GDAL_HTTP_MAX_RETRY": "0",
+        "CPL_VSIL_CURL_NON_CACHED": "/vsicurl/",
+        "GDAL_HTTP_TIMEOUT": seconds,
+        "GDAL_HTTP_CONNECTTIMEOUT": seconds,
+        "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+        "AWS_NO_SIGN_REQUEST": "YES",
+        "CPL_CURL_VERBOSE": "NO",
+    }

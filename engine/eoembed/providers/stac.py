@@ -66,7 +66,7 @@ from ..specs import SensorSpec, SpatialSpec, TemporalSpec
 from ..working_grid import Lattice, place_lonlat
 from .base import FetchRequest, Observation, Provider, make_observation
 from .composite import composite, frame_series, scene_date
-from .raster_io import read_to_grid
+from .raster_io import http_gdal_env, read_to_grid
 from .redact import install_log_redaction, redact
 from .remote_datasets import DatasetPool
 from .stac_lattice import header_lattice, proj_lattices
@@ -405,19 +405,7 @@ class StacProvider(Provider):
         return f"{href}{'&' if '?' in href else '?'}{self._sas_token()}"
 
     def _gdal_env(self) -> dict[str, Any]:
-        return {
-            "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-            "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
-            # retries are ours (see _retry); GDAL must neither retry nor cache a failed URL,
-            # or a later attempt in this process would be answered from its cache
-            "GDAL_HTTP_MAX_RETRY": "0",
-            "CPL_VSIL_CURL_NON_CACHED": "/vsicurl/",
-            "GDAL_HTTP_TIMEOUT": str(max(1, int(round(self.timeout)))),
-            "GDAL_HTTP_CONNECTTIMEOUT": str(max(1, int(round(self.timeout)))),
-            "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
-            "AWS_NO_SIGN_REQUEST": "YES",
-            "CPL_CURL_VERBOSE": "NO",
-        }
+        return http_gdal_env(self.timeout)
 
     # -- search -----------------------------------------------------------------------------
     def search(self, spatial: Any, temporal: TemporalSpec, sensor: SensorSpec,
