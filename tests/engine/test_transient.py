@@ -60,6 +60,7 @@ def _http_error(status: int) -> requests.HTTPError:
     (json.JSONDecodeError("Unterminated string starting at", '{"a": "b', 6), "short", True, None),
     (RasterioIOError("'/vsicurl/http://h/x.tif' not recognized as being in a supported file format."),
      "not-raster", False, None),
+    (RasterioIOError("x.tif: /vsicurl/http://h/x.tif:Cannot read TIFF header"), "not-raster", False, None),
     (ValueError("something else"), "other", False, None),
 ])
 def test_failures_are_classified_by_cause(exc, cause, transient, status):

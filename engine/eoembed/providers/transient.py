@@ -42,7 +42,9 @@ _SHORT = re.compile(
 )
 _REFUSED = re.compile(r"Connection refused|Couldn't connect|Could not resolve|Failed to connect|"
                       r"Name or service not known|Temporary failure in name resolution", re.I)
-_NOT_RASTER = re.compile(r"not recognized as being in a supported file format", re.I)
+# GDAL's words when an open got no usable header: the real cause (a timeout, a cut-short reply,
+# a file that is no TIFF) is hidden, and probe() finds it.
+_NOT_RASTER = re.compile(r"not recognized as being in a supported file format|Cannot read TIFF header", re.I)
 _URL = re.compile(r"(?:/vsicurl/)?(https?://[^\s'\"<>]+)")
 
 _WORDS = {
