@@ -79,6 +79,15 @@ class ModelCard:
         return d
 
 
+def fit_window(fit: str, h: int, w: int) -> tuple[int, int, int, int]:
+    """(row, col, height, width) a fixed-size square model sees of an h×w input: the centred
+    square of whole pixels (``fit="crop"``) or everything, aspect dropped (``"squash"``)."""
+    if fit == "squash":
+        return 0, 0, h, w
+    side = min(h, w)
+    return (h - side) // 2, (w - side) // 2, side, side
+
+
 def resolve_device(device: str) -> torch.device:
     """A torch device from 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'; SpecError when unusable."""
     name = str(device).strip().lower()

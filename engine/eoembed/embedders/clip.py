@@ -19,7 +19,7 @@ from ..nn.clip_tokenizer import CLIPTokenizer, load_clip_tokenizer
 from ..providers.base import Observation, make_observation
 from ..specs import OutputSpec
 from ..weights import choose_source, file_sha256, load_checkpoint, resolve
-from .base import Embedder, ModelCard
+from .base import Embedder, ModelCard, fit_window
 
 #: OpenAI CLIP's RGB normalisation (RemoteCLIP keeps it).
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -193,10 +193,7 @@ class CLIPEmbedder(Embedder):
     # -- input ----------------------------------------------------------------------------------
     def crop_window(self, h: int, w: int) -> tuple[int, int, int, int]:
         """(row, col, height, width) of the input pixels the model sees."""
-        if self.fit == "squash":
-            return 0, 0, h, w
-        side = min(h, w)
-        return (h - side) // 2, (w - side) // 2, side, side
+        return fit_window(self.fit, h, w)
 
     def prepare(self, observations: list[Observation]) -> tuple[torch.Tensor, list[Observation]]:
         """Network input ``[B, C, S, S]`` and, per observation, the part of it the model saw."""

@@ -19,7 +19,7 @@ from ..grid import GridSpec
 from ..providers.base import Observation, make_observation
 from ..specs import OutputSpec
 from ..weights import choose_source
-from .base import Embedder
+from .base import Embedder, fit_window
 
 FITS = ("crop", "squash")
 
@@ -118,10 +118,7 @@ class ImageModelEmbedder(Embedder):
 
     def crop_window(self, h: int, w: int) -> tuple[int, int, int, int]:
         """(row, col, height, width) of the input pixels the model sees."""
-        if self.fit == "squash":
-            return 0, 0, h, w
-        side = min(h, w)
-        return (h - side) // 2, (w - side) // 2, side, side
+        return fit_window(self.fit, h, w)
 
     def prepare(self, observations: list[Observation]) -> tuple[torch.Tensor, list[Observation]]:
         """Network input ``[B, C, S, S]`` and, per observation, the part of it the model saw."""
