@@ -47,17 +47,22 @@ class _Remote(Provider):
         raise NotImplementedError
 
 
-def test_torch_leaves_a_core_and_fetching_follows_the_provider() -> None:
+def test_two_inference_streams_share_the_cores_and_fetching_follows_the_provider() -> None:
     class Local(_Remote):
         fetch_concurrency = 4
 
-    assert plan_threads(Local(), cores=2).to_dict() == {"cores": 2, "torch": 1, "torch_max": 2, "fetch": 4, "write": 1}
-    assert plan_threads(_Remote(), cores=8).to_dict() == {"cores": 8, "torch": 7, "torch_max": 8, "fetch": 24,
-                                                          "write": 1}
-    assert plan_threads(_Remote(), cores=1).torch == 1
+    assert plan_threads(Local(), cores=2).to_dict() == {"cores": 2, "streams": 2, "torch": 1, "torch_max": 1,
+                                                        "fetch": 4, "write": 1}
+    assert plan_threads(_Remote(), cores=8).to_dict() == {"cores": 8, "streams": 2, "torch": 3, "torch_max": 4,
+                                                          "fetch": 24, "write": 1}
+    one = plan_threads(_Remote(), cores=1)
+    assert (one.streams, one.torch) == (1, 1)
+    gpu = plan_threads(_Remote(), cores=8, accelerator=True)  # the forward pass is on a GPU: one stream
+    assert (gpu.streams, gpu.torch, gpu.to_dict()["torch_max"]) == (1, 7, 8)
     b = plan_threads(_Remote(), workers=3, torch_threads=5, cores=8)
-    assert (b.fetch, b.torch, b.to_dict()["torch_max"]) == (3, 5, 5)
+    assert (b.fetch, b.torch, b.to_dict()["torch_max"], b.streams) == (3, 5, 5, 1)
     assert b.tuner().candidates == [5]
+    assert plan_threads(_Remote(), torch_threads=2, cores=8).streams == 2  # what fits, at most two
 
 
 def test_the_tuner_keeps_the_faster_thread_count_and_probes_again() -> None:
@@ -126,5 +131,6 @@ def test_a_run_uses_its_torch_threads_and_restores_them(tmp_path) -> None:
     assert seen == [1]
     info = json.loads((tmp_path / "o" / "run.json").read_text())
     assert info["threads"]["torch"] == 1 and info["threads"]["fetch"] == 2
+    assert info["threads"]["streams"] == min(2, available_cores())
     with pytest.raises(eoembed.errors.SpecError, match="torch_threads"):
         eoembed.export_batch(places(1), None, ["rcf"], tmp_path / "p", source=str(folder), torch_threads=0)

@@ -5,18 +5,22 @@ The cores counted are those this process may actually use: its CPU affinity
 cgroup CPU quota (``cpu.max`` of cgroup v2 or ``cpu.cfs_quota_us`` of v1, as Docker
 ``--cpus`` and Kubernetes limits set it). The budget on C such cores:
 
-* **torch** — ``C − 1`` or ``C`` intra-op threads, chosen while the run goes by
-  :class:`TorchThreadTuner` from the forward rate each achieves (``C − 1`` leaves a core to
-  fetching, writing and the provider; ``C`` is faster on an idle machine for models that scale). Torch's own default (all cores) makes its threads meet at
-  a barrier after every operation; when another thread or process holds one of those cores, the
-  barrier waits for it, and throughput collapses (an RCF export fell from ~400 to ~40 places/s
-  on 2 cores when another process was busy; with one torch thread it stayed at ~400/s).
+* **inference streams and torch threads** — on CPU, two inference streams (slices inferred at
+  once by two threads) of ``C // 2`` torch intra-op threads each (one stream when C = 1 or the
+  model runs on a GPU). Small networks use a core far better alone than split across two
+  (measured on 2 cores: Galileo nano 63/s with one thread, 103–108/s with two, 132/s as two
+  one-thread streams; RCF 50–60, 76–95, 98–108/s). Within a stream, :class:`TorchThreadTuner`
+  picks ``C/2 − 1`` or ``C/2`` threads from the rate each achieves. Torch's own default (all
+  cores in one stream) makes its threads meet at a barrier after every operation; when another
+  thread or process holds one of those cores, the barrier waits for it and throughput collapses
+  (an RCF export fell from ~400 to ~40 places/s on 2 cores when another process was busy).
 * **fetch** — places fetched at once: the provider's choice (:attr:`Provider.fetch_concurrency`):
   a few for local files, where fetching is CPU work (decoding), many for remote sources, where
   threads mostly wait on the network (concurrency chosen for I/O, not for cores).
 * **write** — one thread: files of a chunk are written while the next chunk is inferred.
 
-``workers=`` and ``torch_threads=`` of :func:`~eoembed.pipeline.run_export` override the choice.
+``workers=`` and ``torch_threads=`` of :func:`~eoembed.pipeline.run_export` override the choice
+(a given torch count per stream sets the streams to what fits in the cores, at most two).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,17 +67,19 @@ def available_cores() -> int:
 
 @dataclass(frozen=True)
 class ThreadBudget:
-    """Threads of one run: forward pass (torch intra-op), concurrent fetches, writers."""
+    """Threads of one run: inference streams and torch intra-op threads in each, concurrent
+    fetches, writers."""
 
     cores: int
     torch: int
     fetch: int
     write: int = 1
     torch_max: int = 0  # > torch: the tuner may use up to this many when they prove faster
+    streams: int = 1
 
     def to_dict(self) -> dict[str, int]:
-        return {"cores": self.cores, "torch": self.torch, "torch_max": max(self.torch, self.torch_max),
-                "fetch": self.fetch, "write": self.write}
+        return {"cores": self.cores, "streams": self.streams, "torch": self.torch,
+                "torch_max": max(self.torch, self.torch_max), "fetch": self.fetch, "write": self.write}
 
     def tuner(self) -> TorchThreadTuner:
         """The run's torch thread chooser (one candidate when the count was given)."""
@@ -80,12 +87,17 @@ class ThreadBudget:
 
 
 def plan_threads(provider: Provider, workers: int | None = None, torch_threads: int | None = None,
-                 cores: int | None = None) -> ThreadBudget:
-    """The budget for a run on `provider` (see the module doc); explicit values win."""
+                 cores: int | None = None, accelerator: bool = False) -> ThreadBudget:
+    """The budget for a run on `provider` (see the module doc); explicit values win.
+    `accelerator`: the forward pass runs on a GPU (one stream; CPU threads only prepare inputs)."""
     cores = available_cores() if cores is None else max(1, cores)
-    torch = torch_threads if torch_threads is not None else max(1, cores - 1)
     fetch = workers if workers is not None else max(1, int(provider.fetch_concurrency))
-    return ThreadBudget(cores=cores, torch=torch, fetch=fetch, torch_max=torch if torch_threads else cores)
+    if torch_threads is not None:
+        streams = 1 if accelerator else max(1, min(2, cores // torch_threads))
+        return ThreadBudget(cores=cores, torch=torch_threads, fetch=fetch, torch_max=torch_threads, streams=streams)
+    streams = 1 if accelerator else min(2, cores)
+    per = max(1, cores // streams)
+    return ThreadBudget(cores=cores, torch=max(1, per - 1), fetch=fetch, torch_max=per, streams=streams)
 
 
 @contextlib.contextmanager
@@ -126,6 +138,7 @@ class TorchThreadTuner:
         self._wait = self.probe_every  # slices until the next probe
         self._since = 0
         self._probing: int | None = None
+        self._lock = threading.Lock()  # several inference streams pick and record at once
 
     def _needs_trial(self) -> list[int]:
         if any(not r for r in self._rates.values()):
@@ -137,6 +150,10 @@ class TorchThreadTuner:
 
     def pick(self) -> int:
         """The thread count for the next slice."""
+        with self._lock:
+            return self._pick()
+
+    def _pick(self) -> int:
         if self._warmup > 0 or len(self.candidates) == 1:
             return self.best()
         untried = self._needs_trial()
@@ -156,6 +173,10 @@ class TorchThreadTuner:
 
     def record(self, threads: int, places: int, seconds: float) -> None:
         """What the slice just inferred with `threads` achieved."""
+        with self._lock:
+            self._record(threads, places, seconds)
+
+    def _record(self, threads: int, places: int, seconds: float) -> None:
         if self._warmup > 0:
             self._warmup -= 1
             return

@@ -11,7 +11,7 @@ from ..errors import SpecError
 from ..products import open_for, route_products
 from ..providers import Provider
 from ..specs import InputPrep, TemporalSpec
-from .fetch import fetch_chunk
+from .fetch import fetch_chunk, prepare_chunk
 from .inference import ItemResult, infer_chunk
 from .plan import ChunkTask, ModelJob
 from .retry import RetryPolicy, error_text
@@ -46,7 +46,7 @@ def run_chunk_on_worker(
     embedders = [j.embedder() for j in jobs]
     provider = source if isinstance(source, Provider) else _worker_provider(source, options, embedders)
     provider = route_products(provider, embedders)
-    size = slice_size(jobs, len(task.places), threads)
+    size = slice_size(jobs, len(task.places))
     broken: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="eoembed-fetch") as pool:
         out: list[ItemResult] = []
@@ -54,7 +54,8 @@ def run_chunk_on_worker(
             [task],
             lambda t: fetch_chunk(t, jobs, provider, temporal, policy, pool),
             lambda t, f: infer_chunk(t, f, jobs, prep, policy, broken),
-            size, ahead=2,
+            size, ahead=max(2, -(-threads // size) + 1), fetchers=-(-threads // size),
+            prepare=lambda t: prepare_chunk(t, jobs, provider, temporal),
         ):
             out += results
     return out

@@ -27,6 +27,25 @@ def _subset(obs: Observation, bands: tuple[str, ...]) -> Observation:
     return make_observation(obs.values(bands), obs.valid, obs.grid, bands, obs.dates, obs.roi_mask, obs.meta)
 
 
+def _needed(task: ChunkTask) -> dict[int, set[str]]:
+    needed: dict[int, set[str]] = {}
+    for it in task.items:
+        needed.setdefault(it.index, set()).add(it.model)
+    return needed
+
+
+def prepare_chunk(task: ChunkTask, jobs: Sequence[ModelJob], provider: Provider, temporal: TemporalSpec) -> None:
+    """The provider's shared work for the chunk's places, per model (e.g. one catalogue search
+    over all of them); a failure is left to each place's own fetch to meet and report."""
+    needed = _needed(task)
+    if len(needed) < 2:
+        return
+    for job in jobs:
+        mine = [task.places[i][1] for i, models in needed.items() if job.key in models]
+        with contextlib.suppress(Exception):
+            provider.prepare(mine, temporal, job.sensor)
+
+
 #: per (place index, model): the observation or None, the error text or None, and attempts
 Fetched = dict[tuple[int, str], tuple["Observation | None", "str | None", int]]
 
@@ -46,14 +65,8 @@ def fetch_chunk(
     Returns ``{(index, model): (observation, error, attempts)}``.
     """
     by_model = {j.key: j for j in jobs}
-    needed: dict[int, set[str]] = {}
-    for it in task.items:
-        needed.setdefault(it.index, set()).add(it.model)
-    if len(needed) > 1:  # shared work once (one catalogue search); each fetch still does its own
-        for job in jobs:
-            mine = [task.places[i][1] for i, models in needed.items() if job.key in models]
-            with contextlib.suppress(Exception):
-                provider.prepare(mine, temporal, job.sensor)
+    needed = _needed(task)
+    prepare_chunk(task, jobs, provider, temporal)  # nothing left to do when the whole chunk was prepared
     groups: dict[str, dict[str, Any]] = {}
     out: Fetched = {}
     pairs = [(index, m) for index, models in needed.items() for m in sorted(models)]

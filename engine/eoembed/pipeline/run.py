@@ -133,7 +133,8 @@ def run_export(
     provider = open_for(source, source_options, [j.embedder() for j in jobs])
     try:
         return _run(place_list, jobs, provider, temporal, out, t0=t0, source=source, source_options=source_options,
-                    prep=prep, chunk_size=chunk_size, budget=plan_threads(provider, workers, torch_threads),
+                    prep=prep, chunk_size=chunk_size, budget=plan_threads(provider, workers, torch_threads,
+                                                                   accelerator=_on_accelerator(jobs)),
                     executor=executor, scheduler=scheduler, policy=policy, continue_on_error=continue_on_error,
                     progress=progress, should_stop=should_stop, stack=stack)
     finally:
@@ -196,7 +197,7 @@ def _run(
     elif executor == "thread":
         with using_torch_threads(budget.torch):
             cancelled = run_threads(tasks, jobs, provider, temporal, prep, policy, budget.fetch, chunk_size, handle,
-                                    should_stop, budget.tuner())
+                                    should_stop, budget.tuner(), budget.streams)
     else:
         cancelled = run_dask(tasks, jobs, source, source_options or {}, temporal, prep, policy, budget.fetch,
                               scheduler, handle, should_stop)
@@ -225,6 +226,11 @@ def _run(
                                  "finished": datetime.now(timezone.utc).isoformat(), "summary": summary.to_dict()})
     state.report("done")
     return summary
+
+
+def _on_accelerator(jobs: Sequence[ModelJob]) -> bool:
+    """True when a model runs its forward pass off the CPU (then one inference stream)."""
+    return any(str(getattr(j.embedder(), "device", "cpu")).split(":")[0] not in ("cpu", "") for j in jobs)
 
 
 def _abort(rec: dict[str, Any]) -> EoembedError:

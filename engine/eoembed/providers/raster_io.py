@@ -6,6 +6,8 @@ Only the part of a file that the grid needs is read (for a COG over HTTP: range 
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 from functools import lru_cache
 
 import numpy as np
@@ -27,8 +29,21 @@ def parse_grid_crs(crs: str) -> CRS:
     return CRS.from_user_input(crs)
 
 
+#: per open dataset, whether its CRS is that of a grid CRS text: comparing two CRSs costs more than
+#: reading a cached tile, and a dataset kept open is read for many places on the same grid CRS
+_SAME_CRS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SAME_CRS_LOCK = threading.Lock()
+
+
 def _same_crs(src: rasterio.io.DatasetReader, crs: str) -> bool:
-    return src.crs is not None and src.crs == parse_grid_crs(crs)
+    with _SAME_CRS_LOCK:
+        known = _SAME_CRS.get(src)
+        if known is not None and crs in known:
+            return known[crs]
+    same = src.crs is not None and src.crs == parse_grid_crs(crs)
+    with _SAME_CRS_LOCK:
+        _SAME_CRS.setdefault(src, {})[crs] = same
+    return same
 
 
 def aligned_offset(src: rasterio.io.DatasetReader, grid: GridSpec) -> tuple[int, int] | None:

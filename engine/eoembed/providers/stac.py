@@ -732,8 +732,10 @@ class StacProvider(Provider):
 
     @property
     def fetch_concurrency(self) -> int:
-        """Places worth fetching at once: as many as asset reads in flight (threads wait on I/O)."""
-        return self.workers
+        """Places worth fetching at once: each reads a dozen assets in parallel, so a quarter of
+        the reads in flight already keeps every read thread busy. More would only queue their
+        reads behind those of the places inference needs first (and cost threads' set-up CPU)."""
+        return max(1, -(-self.workers // 4))
 
     # -- long-lived resources ---------------------------------------------------------------
     def _executor(self) -> ThreadPoolExecutor:
