@@ -47,7 +47,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, TypeVar
@@ -62,9 +62,10 @@ from rasterio.errors import RasterioIOError
 from ..errors import PermanentProviderError, ProviderError, SpecError
 from ..grid import GridSpec, roi_mask
 from ..sensors import S2_BANDS, SCL_INVALID, normalize_band
-from ..specs import SensorSpec, SpatialSpec, TemporalSpec
+from ..specs import SensorSpec, SpatialSpec, TemporalSpec, crs_string, parse_crs
 from ..working_grid import Lattice, place_lonlat
 from .base import FetchRequest, Observation, Provider, make_observation
+from .cog_reader import CogReader, http_range_getter
 from .composite import composite, frame_series, scene_date
 from .raster_io import http_gdal_env, read_to_grid
 from .redact import install_log_redaction, redact
@@ -233,7 +234,9 @@ class StacProvider(Provider):
     with SAS tokens from `sas_url` (set by the preset), None for public COGs.
     `cloud_mask`: mask clouds with the items' ``SCL`` asset. `resampling`: how reflectance
     assets meet the grid when they do not share its pixels. `search_limit`: most items one
-    search returns.
+    search returns. `reader`: ``"auto"`` reads COGs on the grid's own lattice with eoembed's
+    range reader (:mod:`.cog_reader`: one header request per COG, each tile fetched once and
+    shared by all places) and everything else with GDAL; ``"gdal"`` always uses GDAL.
     """
 
     name = "stac"
@@ -253,6 +256,7 @@ class StacProvider(Provider):
         cloud_mask: bool = True,
         resampling: str = "bilinear",
         search_limit: int = 1000,
+        reader: str = "auto",
     ) -> None:
         preset = PRESETS.get(url or "earth-search")
         if preset is None:
@@ -270,6 +274,8 @@ class StacProvider(Provider):
             raise SpecError(f"backoff={backoff!r} must be a number of seconds ≥ 0")
         if signing == "auto":
             signing = preset.get("signing")
+        if reader not in ("auto", "gdal"):
+            raise SpecError(f"reader={reader!r} must be 'auto' (eoembed's range reader where it can) or 'gdal'")
         if signing not in (None, "planetary-computer"):
             raise SpecError(f"signing={signing!r} must be None or 'planetary-computer'")
         try:
@@ -290,7 +296,10 @@ class StacProvider(Provider):
         self._lock = threading.RLock()
         self._client: Any = None
         self._token: tuple[str, float] | None = None  # (SAS token, expiry as time.time())
+        self.reader = reader
         self._datasets = DatasetPool(rasterio.open)
+        self._cogs: CogReader | None = None
+        self._session: Any = None
         self._pool: ThreadPoolExecutor | None = None
         self._areas: deque[tuple[str, frozenset[str], list[StacItem]]] = deque(maxlen=AREA_SEARCHES)
         self._searched: OrderedDict[tuple, tuple[list[StacItem], int]] = OrderedDict()  # grid_for → fetch
@@ -561,8 +570,12 @@ class StacProvider(Provider):
             if href in self._headers:
                 return self._headers[href]
 
-        def read() -> Lattice | None:  # the COG stays open for the reads that follow
+        def read() -> Lattice | None:  # the header stays known (or the COG open) for the reads that follow
             url = self.sign(href)
+            head = self._cog_reader().header(href, url) if self.reader == "auto" else None
+            if head is not None:
+                return Lattice(crs_string(parse_crs(f"EPSG:{head.epsg}")), head.res, head.origin, item.footprint,
+                               item.id)
             return self._opened(url, lambda: self._with_dataset(
                 url, lambda src: header_lattice(src, item.footprint, item.id)))
 
@@ -597,6 +610,10 @@ class StacProvider(Provider):
 
         def read() -> tuple[np.ndarray, np.ndarray]:
             url = self.sign(href)
+            if self.reader == "auto":
+                got = self._cog_reader().read(href, url, grid, nodata)
+                if got is not None:
+                    return got[0][0], got[1]
             vals, ok = self._opened(url, lambda: self._with_dataset(
                 url, lambda src: read_to_grid(src, [1], grid, resampling, nodata)))
             return vals[0], ok
@@ -638,17 +655,22 @@ class StacProvider(Provider):
                     stats: dict[str, int]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Every item's bands on `grid` (assets read in parallel), cloud-masked, offset removed."""
         pool = self._executor()
+        cached = self._cogs.read_cached if self.reader == "auto" and self._cogs is not None else None
+
+        def submit(href: str, resampling: Resampling, nodata: float | None, what: str) -> Future:
+            got = cached(href, grid, nodata) if cached is not None else None
+            if got is not None:  # every tile already here: no request, no hand-over to a read thread
+                done: Future = Future()
+                done.set_result((got[0][0], got[1]))
+                return done
+            return pool.submit(self.read_asset, href, grid, resampling, nodata, stats, what)
+
         jobs = []
         for it in items:
-            futs = [
-                pool.submit(self.read_asset, it.hrefs[b], grid, self.resampling, 0.0, stats,
-                            f"band {b} of item {it.id}")
-                for b in bands
-            ]
+            futs = [submit(it.hrefs[b], self.resampling, 0.0, f"band {b} of item {it.id}") for b in bands]
             scl = None
             if self.cloud_mask and it.scl:
-                scl = pool.submit(self.read_asset, it.scl, grid, Resampling.nearest, None, stats,
-                                  f"SCL of item {it.id}")
+                scl = submit(it.scl, Resampling.nearest, None, f"SCL of item {it.id}")
             jobs.append((it, futs, scl))
         out = []
         for it, futs, scl in jobs:
@@ -745,13 +767,24 @@ class StacProvider(Provider):
                 self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="eoembed-stac")
             return self._pool
 
+    def _cog_reader(self) -> CogReader:
+        """The range reader and its HTTP connections (kept alive, as many as read threads)."""
+        with self._lock:
+            if self._cogs is None:
+                get, self._session = http_range_getter(self.timeout, self.workers)
+                self._cogs = CogReader(get)
+            return self._cogs
+
     def close(self) -> None:
-        """Stop the read threads and close the open COGs (the provider stays usable)."""
+        """Stop the read threads, close the open COGs and drop the tiles kept (the provider stays usable)."""
         with self._lock:
             pool, self._pool = self._pool, None
+            session, self._session, self._cogs = self._session, None, None
             self._areas.clear()
         if pool is not None:
             pool.shutdown(wait=True)
+        if session is not None:
+            session()  # closes the range reader's connections
         self._datasets.close()
 
 
