@@ -80,7 +80,8 @@ def _grid(col: int, row: int, w: int = 40, h: int = 30) -> GridSpec:
     return GridSpec(CRS, Affine(RES, 0, X0 + col * RES, 0, -RES, Y0 - row * RES), w, h)
 
 
-WINDOWS = [(10, 20), (60, 60), (0, 0), (140, 130), (-15, -10), (160, 5), (500, 500), (45, 38)]
+WINDOWS = [(10, 20), (60, 60), (0, 0), (140, 130), (-15, -10), (160, 5), (500, 500), (45, 38),
+           (64, 64, 64, 20), (70, 66, 20, 10), (10, 20)]  # whole tile rows, inside one tile, a repeat
 
 
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
@@ -91,8 +92,8 @@ def test_the_same_pixels_and_validity_as_gdal(served, name) -> None:
     href = f"{server.base}/data/{name}.tif"
     try:
         with rasterio.open(root / "data" / f"{name}.tif") as src:
-            for col, row in WINDOWS:
-                grid = _grid(col, row)
+            for col, row, *size in WINDOWS:
+                grid = _grid(col, row, *size)
                 got = reader.read(href, href, grid, 0.0)
                 assert got is not None, name
                 want = read_to_grid(src, list(range(1, src.count + 1)), grid, Resampling.bilinear, 0.0)

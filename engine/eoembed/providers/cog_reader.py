@@ -253,25 +253,35 @@ def _assemble(head: CogHeader, grid: GridSpec, window: tuple, nodata: float | No
     """The window cut from decoded tiles, as float32 values with validity (nodata → invalid)."""
     (row, col), (r0, r1, c0, c1), wanted = window
     h, w = grid.height, grid.width
+    if not wanted:
+        return np.zeros((head.bands, h, w), np.float32), np.zeros((h, w), bool)
+    if len(wanted) == 1:  # inside one tile: a view of it
+        ty, tx = divmod(wanted[0], head.tiles_across)
+        ya, xa = ty * head.tile_height, tx * head.tile_width
+        data = tiles[wanted[0]][r0 - ya : r1 - ya, c0 - xa : c1 - xa]
+    else:
+        data = np.empty((r1 - r0, c1 - c0, head.bands), head.dtype.newbyteorder("="))
+        for k in wanted:
+            ty, tx = divmod(k, head.tiles_across)
+            ya, xa = ty * head.tile_height, tx * head.tile_width
+            ys, ye = max(r0, ya), min(r1, ya + head.tile_height)
+            xs, xe = max(c0, xa), min(c1, xa + head.tile_width)
+            data[ys - r0 : ye - r0, xs - c0 : xe - c0] = tiles[k][ys - ya : ye - ya, xs - xa : xe - xa]
+    vals = np.array(data.transpose(2, 0, 1), np.float32, order="C")  # a copy: tiles stay as cached
+    nd = head.nodata if head.nodata is not None else nodata
+    ok = None
+    if nd is not None and not np.isnan(nd):
+        ok = (vals[0] != np.float32(nd)) if head.bands == 1 else ~(vals == np.float32(nd)).all(axis=0)
+    if vals.dtype.kind == "f" and head.dtype.kind == "f":
+        ok = ~np.isnan(vals).any(axis=0) if ok is None else ok & ~np.isnan(vals).any(axis=0)
+    if ok is None:
+        ok = np.ones(vals.shape[1:], bool)
+    else:
+        vals[:, ~ok] = 0.0
+    if (r0, r1, c0, c1) == (row, row + h, col, col + w):  # all inside the image
+        return vals, ok
     out = np.zeros((head.bands, h, w), np.float32)
     valid = np.zeros((h, w), bool)
-    if not wanted:
-        return out, valid
-    data = np.empty((r1 - r0, c1 - c0, head.bands), head.dtype.newbyteorder("="))
-    for k in wanted:
-        ty, tx = divmod(k, head.tiles_across)
-        ya, xa = ty * head.tile_height, tx * head.tile_width
-        ys, ye = max(r0, ya), min(r1, ya + head.tile_height)
-        xs, xe = max(c0, xa), min(c1, xa + head.tile_width)
-        data[ys - r0 : ye - r0, xs - c0 : xe - c0] = tiles[k][ys - ya : ye - ya, xs - xa : xe - xa]
-    vals = np.moveaxis(data, -1, 0).astype(np.float32)
-    nd = head.nodata if head.nodata is not None else nodata
-    ok = np.ones(vals.shape[1:], bool)
-    if nd is not None and not np.isnan(nd):
-        ok &= ~(vals == np.float32(nd)).all(axis=0)
-    if vals.dtype.kind == "f":
-        ok &= ~np.isnan(vals).any(axis=0)
-    vals[:, ~ok] = 0.0
     out[:, r0 - row : r1 - row, c0 - col : c1 - col] = vals
     valid[r0 - row : r1 - row, c0 - col : c1 - col] = ok
     return out, valid
