@@ -43,23 +43,38 @@ class Writer:
             ok = self._metric_crs[spec.crs] = spec.working_crs == spec.crs_obj
         return ok
 
-    def geometry(self, index: int) -> shapely.Geometry:
-        """The place's geometry in the output CRS (squares of points in a metric CRS built directly)."""
+    def _own_geometry(self, index: int) -> shapely.Geometry:
+        """The place's geometry in its own CRS (squares of points in a metric CRS built directly)."""
         p = self.places[index]
         spec = p.spatial
         if p.geometry is not None:
-            geom = p.geometry
-        elif isinstance(spec, PointBuffer) and self._metric(spec):
+            return p.geometry
+        if isinstance(spec, PointBuffer) and self._metric(spec):
             b = spec.buffer_m
-            geom = shapely.box(spec.x - b, spec.y - b, spec.x + b, spec.y + b)
-        else:
-            geom = spec.shape()
-        if p.crs == self.geo_crs:
-            return geom
-        tr = self._transformers.get(p.crs)
-        if tr is None:
-            tr = self._transformers[p.crs] = Transformer.from_crs(p.crs, self.geo_crs, always_xy=True)
-        return shapely.transform(geom, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+            return shapely.box(spec.x - b, spec.y - b, spec.x + b, spec.y + b)
+        return spec.shape()
+
+    def geometry(self, index: int) -> shapely.Geometry:
+        """The place's geometry in the output CRS."""
+        return self.geometries([index])[0]
+
+    def geometries(self, indices: Sequence[int]) -> list[shapely.Geometry]:
+        """The places' geometries in the output CRS, transformed in one call per CRS."""
+        out: list[shapely.Geometry] = [self._own_geometry(i) for i in indices]
+        by_crs: dict[str, list[int]] = {}
+        for k, i in enumerate(indices):
+            crs = self.places[i].crs
+            if crs != self.geo_crs:
+                by_crs.setdefault(crs, []).append(k)
+        for crs, ks in by_crs.items():
+            tr = self._transformers.get(crs)
+            if tr is None:
+                tr = self._transformers[crs] = Transformer.from_crs(crs, self.geo_crs, always_xy=True)
+            moved = shapely.transform(np.array([out[k] for k in ks], dtype=object),
+                                      lambda xy, tr=tr: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+            for k, g in zip(ks, moved):
+                out[k] = g
+        return out
 
     def write(self, chunk: int, results: list[ItemResult]) -> list[dict[str, Any]]:
         """Write the ok results, then append one manifest record per result; returns the records."""
@@ -127,7 +142,7 @@ class Writer:
         meta = {**self.run_meta, "model": model, "output": output.key(),
                 "embedding": {k: v for k, v in first.items() if k != "source"}}
         write_geoparquet(
-            path, [r.item.id for r in rows], [self.geometry(r.item.index) for r in rows], vectors, self.geo_crs,
+            path, [r.item.id for r in rows], self.geometries([r.item.index for r in rows]), vectors, self.geo_crs,
             model=model, meta=meta,
             columns={
                 "index": [r.item.index for r in rows],
