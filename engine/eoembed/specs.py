@@ -73,10 +73,21 @@ def parse_crs(crs: Any, name: str = "crs") -> CRS:
         ) from exc
 
 
+#: texts of CRS objects by identity (the CRSs come from memoised parsers, so they live long;
+#: each entry holds its CRS, so an id is not reused meanwhile): to_epsg costs 0.05 ms a call
+_TEXT_BY_ID: dict[int, tuple[CRS, str]] = {}
+
+
 def crs_string(crs: CRS) -> str:
     """Short, stable text form of a CRS ('EPSG:32633' when it has an EPSG code, else WKT)."""
+    hit = _TEXT_BY_ID.get(id(crs))
+    if hit is not None and hit[0] is crs:
+        return hit[1]
     epsg = crs.to_epsg(min_confidence=90)
-    return f"EPSG:{epsg}" if epsg else crs.to_wkt()
+    text = f"EPSG:{epsg}" if epsg else crs.to_wkt()
+    if len(_TEXT_BY_ID) < 1024:
+        _TEXT_BY_ID[id(crs)] = (crs, text)
+    return text
 
 
 def utm_zone(lon: float, lat: float) -> int:

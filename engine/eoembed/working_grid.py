@@ -74,8 +74,10 @@ def place_zone(spatial: SpatialSpec) -> CRS:
     return utm_crs_for(*place_lonlat(spatial))
 
 
-@lru_cache(maxsize=512)
-def _scale_factors(crs_text: str, lon: float, lat: float) -> tuple[float, float] | None:
+@lru_cache(maxsize=256)
+def _metric_proj(crs_text: str) -> Proj | None:
+    """The Proj of a projected CRS in metres whose scale can be asked for, else None (memoised:
+    building a Proj costs more than the rest of a place's grid)."""
     crs = parse_crs(crs_text)
     if not crs.is_projected:
         return None
@@ -84,8 +86,16 @@ def _scale_factors(crs_text: str, lon: float, lat: float) -> tuple[float, float]
     op = crs.coordinate_operation
     if op is not None and op.method_name.lower() in _NEVER_METHODS:
         return None
+    return Proj(crs)
+
+
+@lru_cache(maxsize=512)
+def _scale_factors(crs_text: str, lon: float, lat: float) -> tuple[float, float] | None:
+    proj = _metric_proj(crs_text)
+    if proj is None:
+        return None
     try:
-        f = Proj(crs).get_factors(lon, lat)
+        f = proj.get_factors(lon, lat)
     except Exception:  # a projection pyproj cannot differentiate there
         return None
     return float(f.meridional_scale), float(f.parallel_scale)
