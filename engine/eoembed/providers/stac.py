@@ -808,6 +808,9 @@ def _merge_acquisitions(
         groups.setdefault(it.acquisition, []).append(k)
     layers = []
     for idx in groups.values():
+        if len(idx) == 1:  # one tile of the datatake: its own arrays
+            layers.append((items[idx[0]].date, [items[idx[0]].id], *per_item[idx[0]]))
+            continue
         vals = np.zeros_like(per_item[idx[0]][0])
         ok = np.zeros_like(per_item[idx[0]][1])
         for k in sorted(idx, key=lambda k: (_cloud(items[k]), items[k].id)):
