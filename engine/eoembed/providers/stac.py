@@ -754,10 +754,11 @@ class StacProvider(Provider):
 
     @property
     def fetch_concurrency(self) -> int:
-        """Places worth fetching at once: each reads a dozen assets in parallel, so a quarter of
-        the reads in flight already keeps every read thread busy. More would only queue their
-        reads behind those of the places inference needs first (and cost threads' set-up CPU)."""
-        return max(1, -(-self.workers // 4))
+        """Places worth fetching at once: each reads a dozen assets in parallel, so an eighth of
+        the reads in flight (4 places for 32) already keeps every read thread busy. More would only
+        queue their reads behind those of the places inference needs first, and their Python work
+        would compete with inference (measured: 4 places at once ran 5–14 % faster than 8)."""
+        return max(1, -(-self.workers // 8))
 
     # -- long-lived resources ---------------------------------------------------------------
     def _executor(self) -> ThreadPoolExecutor:
