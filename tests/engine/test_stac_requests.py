@@ -2,8 +2,8 @@
 
 One item over a real tile (13 single-band COGs, 128 px blocks; ``test_provider_stac.Catalogue``)
 served by ``servers/stac_server.py`` in its own process. Sixteen places lie inside one block of
-every asset; a batch over them must search once and read each COG's header and block about
-once, not once per place, and deliver the same pixels as a fresh provider fetching each place
+every asset; a batch over them must search once and read each COG's header and block once, not
+once per place, and deliver the same pixels as a fresh provider fetching each place
 on its own.
 """
 
@@ -53,20 +53,31 @@ def _places(facts) -> dict[str, object]:
     return {f"p{k:02d}": _box(facts, 8 + 14 * (k % 4), 8 + 14 * (k // 4), 8, 8) for k in range(16)}
 
 
-def test_a_batch_searches_once_and_reads_each_cog_about_once(one_tile) -> None:
+@pytest.mark.parametrize("reader", ["auto", "gdal"])
+def test_a_batch_searches_once_and_reads_each_cog_about_once(one_tile, reader) -> None:
     server, facts = one_tile
     places = _places(facts)
     sensor = SensorSpec(bands=tuple(TEN_M))
-    prov = _provider(server, collection="s2")
+    prov = _provider(server, collection="s2", reader=reader)
     _stats(server)
+    mark = server.mark()
     prov.prepare(list(places.values()), WINDOW, sensor)
     reqs = [prov.request(p, WINDOW, sensor) for p in places.values()]  # grids: from the same search
     got = prov.fetch_many(reqs, workers=4)
     batch = _stats(server)
     prov.close()
     assert batch.get("search") == 1  # one search for the 16 places, none of their own
-    # each COG opened by at most a few concurrent readers, its one block read by each at most once
-    assert batch.get("tile_read", 0) <= 4 * ASSETS
+    if reader == "auto":
+        # the 10 m bands are on the grid's lattice: the range reader reads each COG's header once
+        # (no size probe) and its one block once, shared by the 16 places; the 20 m SCL is
+        # resampled, so GDAL reads it
+        log = [r for r in server.since(mark) if r["path"].startswith("/data/")]
+        for band in TEN_M:
+            mine = [r for r in log if r["path"].endswith(f"_{band}.tif")]
+            assert [r["method"] for r in mine] == ["GET", "GET"], band
+            assert mine[0]["range"].startswith("bytes=0-") and not mine[1]["range"].startswith("bytes=0-")
+    else:  # GDAL: each COG opened by at most a few concurrent readers, its block read by each once
+        assert batch.get("tile_read", 0) <= 4 * ASSETS
     assert sum(batch.values()) <= len(places) * (ASSETS * 1 + 1)  # the issue's bound, per place
     # the same pixels as a fresh provider fetching each place alone, which costs a search and a
     # header read per place
