@@ -76,6 +76,15 @@ def served(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture
+def reader(served):
+    """A fresh range reader (empty caches) over the served COGs, and the server's base URL."""
+    server, _ = served
+    get, close = http_range_getter(5.0)
+    yield CogReader(get), server.base
+    close()
+
+
 def _grid(col: int, row: int, w: int = 40, h: int = 30) -> GridSpec:
     return GridSpec(CRS, Affine(RES, 0, X0 + col * RES, 0, -RES, Y0 - row * RES), w, h)
 
@@ -85,87 +94,64 @@ WINDOWS = [(10, 20), (60, 60), (0, 0), (140, 130), (-15, -10), (160, 5), (500, 5
 
 
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
-def test_the_same_pixels_and_validity_as_gdal(served, name) -> None:
-    server, root = served
-    get, close = http_range_getter(5.0)
-    reader = CogReader(get)
-    href = f"{server.base}/data/{name}.tif"
-    try:
-        with rasterio.open(root / "data" / f"{name}.tif") as src:
-            for col, row, *size in WINDOWS:
-                grid = _grid(col, row, *size)
-                got = reader.read(href, href, grid, 0.0)
-                assert got is not None, name
-                want = read_to_grid(src, list(range(1, src.count + 1)), grid, Resampling.bilinear, 0.0)
-                np.testing.assert_array_equal(got[0], want[0], err_msg=f"{name} at {col},{row}")
-                np.testing.assert_array_equal(got[1], want[1], err_msg=f"{name} at {col},{row}")
-                assert got[0].dtype == np.float32 and got[1].dtype == bool
-    finally:
-        close()
+def test_the_same_pixels_and_validity_as_gdal(served, reader, name) -> None:
+    rd, base = reader
+    href = f"{base}/data/{name}.tif"
+    with rasterio.open(served[1] / "data" / f"{name}.tif") as src:
+        for col, row, *size in WINDOWS:
+            grid = _grid(col, row, *size)
+            got = rd.read(href, href, grid, 0.0)
+            assert got is not None, name
+            want = read_to_grid(src, list(range(1, src.count + 1)), grid, Resampling.bilinear, 0.0)
+            np.testing.assert_array_equal(got[0], want[0], err_msg=f"{name} at {col},{row}")
+            np.testing.assert_array_equal(got[1], want[1], err_msg=f"{name} at {col},{row}")
+            assert got[0].dtype == np.float32 and got[1].dtype == bool
 
 
-def test_tiles_are_fetched_once_and_shared_and_the_header_once(served) -> None:
-    server, _ = served
-    get, close = http_range_getter(5.0)
-    reader = CogReader(get)
-    href = f"{server.base}/data/deflate_i2.tif"
-    try:
-        reader.read(href, href, _grid(10, 10, 100, 40), 0.0)  # 2 tile rows × 2 tile columns
-        first = reader.requests
-        assert first <= 1 + 2  # the header, then each row of adjacent tiles in one request
-        assert reader.read(href, href, _grid(20, 15), 0.0) is not None  # inside what was read
-        assert reader.read_cached(href, _grid(30, 12), 0.0) is not None
-        assert reader.requests == first  # no request: every tile was already here
-        assert reader.read_cached(href, _grid(130, 100), 0.0) is None  # tiles not read yet
-    finally:
-        close()
+def test_tiles_are_fetched_once_and_shared_and_the_header_once(reader) -> None:
+    rd, base = reader
+    href = f"{base}/data/deflate_i2.tif"
+    rd.read(href, href, _grid(10, 10, 100, 40), 0.0)  # 2 tile rows × 2 tile columns
+    first = rd.requests
+    assert first <= 1 + 2  # the header, then each row of adjacent tiles in one request
+    assert rd.read(href, href, _grid(20, 15), 0.0) is not None  # inside what was read
+    assert rd.read_cached(href, _grid(30, 12), 0.0) is not None
+    assert rd.requests == first  # no request: every tile was already here
+    assert rd.read_cached(href, _grid(130, 100), 0.0) is None  # tiles not read yet
 
 
 @pytest.mark.parametrize("name", sorted(REFUSED))
-def test_layouts_it_does_not_decode_are_left_to_gdal(served, name) -> None:
+def test_layouts_it_does_not_decode_are_left_to_gdal(reader, name) -> None:
+    rd, base = reader
+    href = f"{base}/data/{name}.tif"
+    assert rd.read(href, href, _grid(0, 0), 0.0) is None
+
+
+def test_a_grid_off_the_lattice_or_in_another_crs_is_left_to_gdal(reader) -> None:
+    rd, base = reader
+    href = f"{base}/data/deflate_i2.tif"
+    half = GridSpec(CRS, Affine(RES, 0, X0 + 5, 0, -RES, Y0), 20, 20)  # half a pixel off
+    coarse = GridSpec(CRS, Affine(20, 0, X0, 0, -20, Y0), 20, 20)
+    other = GridSpec("EPSG:32632", Affine(RES, 0, X0, 0, -RES, Y0), 20, 20)
+    assert rd.read(href, href, half, 0.0) is None
+    assert rd.read(href, href, coarse, 0.0) is None
+    assert rd.read(href, href, other, 0.0) is None
+
+
+def test_failures_are_classified_and_never_kept(served, reader) -> None:
     server, _ = served
-    get, close = http_range_getter(5.0)
-    href = f"{server.base}/data/{name}.tif"
-    try:
-        assert CogReader(get).read(href, href, _grid(0, 0), 0.0) is None
-    finally:
-        close()
-
-
-def test_a_grid_off_the_lattice_or_in_another_crs_is_left_to_gdal(served) -> None:
-    server, _ = served
-    get, close = http_range_getter(5.0)
-    reader = CogReader(get)
-    href = f"{server.base}/data/deflate_i2.tif"
-    try:
-        half = GridSpec(CRS, Affine(RES, 0, X0 + 5, 0, -RES, Y0), 20, 20)  # half a pixel off
-        coarse = GridSpec(CRS, Affine(20, 0, X0, 0, -20, Y0), 20, 20)
-        other = GridSpec("EPSG:32632", Affine(RES, 0, X0, 0, -RES, Y0), 20, 20)
-        assert reader.read(href, href, half, 0.0) is None
-        assert reader.read(href, href, coarse, 0.0) is None
-        assert reader.read(href, href, other, 0.0) is None
-    finally:
-        close()
-
-
-def test_failures_are_classified_and_never_kept(served) -> None:
-    server, _ = served
-    get, close = http_range_getter(5.0)
-    reader = CogReader(get)
-    try:
-        with pytest.raises(RemoteFailure) as info:
-            reader.read(f"{server.base}/data/missing.tif", f"{server.base}/data/missing.tif", _grid(0, 0), 0.0)
-        f = classify(info.value)
-        assert (f.status, f.transient) == (404, False)
-        bad = f"{server.base}/data/not_a_tiff.tif"
-        with pytest.raises(RemoteFailure) as info:
-            reader.read(bad, bad, _grid(0, 0), 0.0)
-        assert (classify(info.value).cause, classify(info.value).transient) == ("not-raster", False)
-        href = f"{server.base}/data/predictor_u2.tif"
-        server.faults(match="/data/predictor_u2", status=503, count=1)
-        with pytest.raises(RemoteFailure) as info:
-            reader.read(href, href, _grid(0, 0), 0.0)
-        assert (classify(info.value).status, classify(info.value).transient) == (503, True)
-        assert reader.read(href, href, _grid(0, 0), 0.0) is not None  # the failure was not remembered
-    finally:
-        close()
+    rd, base = reader
+    with pytest.raises(RemoteFailure) as info:
+        rd.read(f"{base}/data/missing.tif", f"{base}/data/missing.tif", _grid(0, 0), 0.0)
+    f = classify(info.value)
+    assert (f.status, f.transient) == (404, False)
+    bad = f"{base}/data/not_a_tiff.tif"
+    with pytest.raises(RemoteFailure) as info:
+        rd.read(bad, bad, _grid(0, 0), 0.0)
+    assert (classify(info.value).cause, classify(info.value).transient) == ("not-raster", False)
+    href = f"{base}/data/predictor_u2.tif"
+    server.faults(match="/data/predictor_u2", status=503, count=1)
+    with pytest.raises(RemoteFailure) as info:
+        rd.read(href, href, _grid(0, 0), 0.0)
+    assert (classify(info.value).status, classify(info.value).transient) == (503, True)
+    assert rd.read(href, href, _grid(0, 0), 0.0) is not None  # the failure was not remembered
