@@ -14,7 +14,14 @@ import subprocess
 import numpy as np
 import pytest
 from conftest import ENGINE_PYTHON, REPO, TILES, engine_run, read_raster, write_tif
-from qgis.core import QgsFeature, QgsGeometry, QgsPointXY, QgsVectorFileWriter, QgsVectorLayer
+from qgis.core import (
+    QgsFeature,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProject,
+    QgsVectorFileWriter,
+    QgsVectorLayer,
+)
 
 QGIS_PROCESS = shutil.which("qgis_process.bin") or shutil.which("qgis_process")  # Debian's wrapper adds a bad flag
 pytestmark = pytest.mark.skipif(QGIS_PROCESS is None, reason="qgis_process is not installed")
@@ -84,7 +91,10 @@ def test_embed_features_through_qgis_process_with_a_model_id(qgis_process, tmp_p
     f["name"] = "p0"
     layer.dataProvider().addFeatures([f])
     src = tmp_path / "pts.gpkg"
-    QgsVectorFileWriter.writeAsVectorFormat(layer, str(src), "utf-8", layer.crs(), "GPKG")
+    opts = QgsVectorFileWriter.SaveVectorOptions()
+    opts.driverName, opts.fileEncoding = "GPKG", "utf-8"
+    err = QgsVectorFileWriter.writeAsVectorFormatV3(layer, str(src), QgsProject.instance().transformContext(), opts)
+    assert err[0] == QgsVectorFileWriter.WriterError.NoError, err
     out = tmp_path / "embedded.gpkg"
     qgis_process("run", "eoembed:embedfeatures", "--json", "--", f"INPUT={src}", "MODEL=rcf", "BUFFER=160",
                  f"IMAGERY={tile}", "DEVICE=0", f"OUTPUT={out}")
