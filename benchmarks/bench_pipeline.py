@@ -264,7 +264,9 @@ def measure(mode: str, model: str, n: int, cogs_dir: Path, chunk_size: int, late
     # the machine's own limit: two forward streams at once, of half the cores each (as export_batch infers)
     import threading
 
-    per = max(1, (os.cpu_count() or 2) // 2)
+    from eoembed.pipeline.budget import available_cores
+
+    per = max(1, available_cores() // 2)
 
     def half(part: list[Any]) -> None:
         torch.set_num_threads(per)

@@ -93,7 +93,7 @@ def test_a_batch_searches_once_and_reads_each_cog_about_once(one_tile, reader) -
     assert one["search"] == len(places) and one["cog_header"] >= len(places) * ASSETS
 
 
-def test_the_batch_export_asks_the_provider_to_prepare_each_slice(one_tile, tmp_path) -> None:
+def test_the_batch_export_asks_the_provider_to_prepare_each_chunk_once(one_tile, tmp_path) -> None:
     server, facts = one_tile
     places = _places(facts)
     prov = _provider(server, collection="s2")

@@ -62,11 +62,11 @@ def fetch_chunk(
 
     Requests of several models that differ only in bands are merged (union of bands); when the
     merged fetch fails, each model's own bands are fetched so one missing band cannot sink all.
-    Returns ``{(index, model): (observation, error, attempts)}``.
+    The chunk's shared work (:func:`prepare_chunk`) is the executor's, done once per chunk before
+    its slices come here. Returns ``{(index, model): (observation, error, attempts)}``.
     """
     by_model = {j.key: j for j in jobs}
     needed = _needed(task)
-    prepare_chunk(task, jobs, provider, temporal)  # nothing left to do when the whole chunk was prepared
     groups: dict[str, dict[str, Any]] = {}
     out: Fetched = {}
     pairs = [(index, m) for index, models in needed.items() for m in sorted(models)]

@@ -171,7 +171,7 @@ class Provider(ABC):
     fetch_concurrency: int = 4
 
     def prepare(self, places: Sequence[SpatialSpec], temporal: TemporalSpec, sensor: SensorSpec) -> None:
-        """Told the places about to be requested and fetched together (a slice of a batch), so
+        """Told the places about to be requested and fetched together (a chunk of a batch), so
         that work they share is done once (a remote catalogue searched once for all of them);
         nothing by default."""
         return None

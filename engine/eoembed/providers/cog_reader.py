@@ -23,6 +23,7 @@ import numpy as np
 from ..grid import GridSpec
 from ..specs import crs_string, parse_crs
 from .cog_header import HEADER_BYTES, CogHeader, NotTiff, Unsupported, decode_tile, parse_header
+from .raster_io import lattice_offset
 from .redact import redact
 from .transient import TRANSIENT_STATUS, Failure, RemoteFailure, classify
 
@@ -30,7 +31,6 @@ from .transient import TRANSIENT_STATUS, Failure, RemoteFailure, classify
 CACHE_BYTES = 256 * 2**20
 #: byte gaps between two tiles small enough to fetch both in one request
 MERGE_GAP = 8192
-_ALIGN_TOL = 1e-6
 
 
 class _SingleFlight:
@@ -223,13 +223,6 @@ class CogReader:
                 _, old = self._tiles.popitem(last=False)
                 self._bytes -= old.nbytes
 
-    def forget(self, href: str) -> None:
-        """Drop what is known of `href` (its file may have changed)."""
-        with self._lock:
-            self._headers.pop(href, None)
-            for key in [k for k in self._tiles if k[0] == href]:
-                self._bytes -= self._tiles.pop(key).nbytes
-
 
 def _window(head: CogHeader, grid: GridSpec) -> tuple[tuple[int, int], tuple[int, int, int, int], list[int]] | None:
     """The grid's offset in the COG, the part of it inside the image (r0, r1, c0, c1) and the
@@ -289,17 +282,11 @@ def _assemble(head: CogHeader, grid: GridSpec, window: tuple, nodata: float | No
 
 def _aligned(head: CogHeader, grid: GridSpec) -> tuple[int, int] | None:
     """(row, col) of the grid's top-left pixel in the COG when both share CRS, pixel size and
-    lattice (as :func:`~eoembed.providers.raster_io.aligned_offset` decides for GDAL)."""
-    gt = grid.transform
-    if gt.b or gt.d or not _same_crs(head.epsg, grid.crs):
+    lattice (the rule GDAL's reads follow: :func:`~eoembed.providers.raster_io.lattice_offset`)."""
+    if not _same_crs(head.epsg, grid.crs):
         return None
     a, _, c, _, e, f = head.transform
-    if abs(a - gt.a) > _ALIGN_TOL * abs(gt.a) or abs(e - gt.e) > _ALIGN_TOL * abs(gt.e):
-        return None
-    col, row = (gt.c - c) / a, (gt.f - f) / e
-    if abs(col - round(col)) > 1e-3 or abs(row - round(row)) > 1e-3:
-        return None
-    return int(round(row)), int(round(col))
+    return lattice_offset(a, c, e, f, grid)
 
 
 _CRS_SAME: dict[tuple[int, str], bool] = {}

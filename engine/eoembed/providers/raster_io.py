@@ -49,13 +49,22 @@ def _same_crs(src: rasterio.io.DatasetReader, crs: str) -> bool:
 def aligned_offset(src: rasterio.io.DatasetReader, grid: GridSpec) -> tuple[int, int] | None:
     """(row, col) of the grid's top-left pixel in `src` when both share CRS, pixel size and
     lattice, else None (a warp is needed)."""
-    st, gt = src.transform, grid.transform
-    if not _same_crs(src, grid.crs) or st.b or st.d or gt.b or gt.d:
+    st = src.transform
+    if not _same_crs(src, grid.crs) or st.b or st.d:
         return None
-    if abs(st.a - gt.a) > _ALIGN_TOL * abs(gt.a) or abs(st.e - gt.e) > _ALIGN_TOL * abs(gt.e):
+    return lattice_offset(st.a, st.c, st.e, st.f, grid)
+
+
+def lattice_offset(a: float, c: float, e: float, f: float, grid: GridSpec) -> tuple[int, int] | None:
+    """(row, col) of the grid's top-left pixel on the north-up lattice ``x = a·col + c``,
+    ``y = e·row + f`` when the grid has its pixel size and lies on it, else None."""
+    gt = grid.transform
+    if gt.b or gt.d:
         return None
-    col = (gt.c - st.c) / st.a
-    row = (gt.f - st.f) / st.e
+    if abs(a - gt.a) > _ALIGN_TOL * abs(gt.a) or abs(e - gt.e) > _ALIGN_TOL * abs(gt.e):
+        return None
+    col = (gt.c - c) / a
+    row = (gt.f - f) / e
     if abs(col - round(col)) > 1e-3 or abs(row - round(row)) > 1e-3:
         return None
     return int(round(row)), int(round(col))

@@ -28,11 +28,12 @@ What real catalogues do and how it is handled:
   retries and its cache of failed URLs are switched off for these reads, so that one policy
   applies and a failure is never replayed from a cache. A permanent failure is one sentence
   naming the (redacted) URL and the HTTP status.
-* **Requests per place** — one search per slice of places (:meth:`StacProvider.prepare`, over
-  the union of their footprints) answers every place of it; COGs stay open between places
-  (:mod:`.remote_datasets`), so a header is read once per COG and a tile two places share is
-  fetched once; asset reads run on one long-lived thread pool sized for I/O (`workers`), whose
-  threads keep their HTTP connections alive.
+* **Requests per place** — one search per chunk of places (:meth:`StacProvider.prepare`, over
+  the union of their footprints) answers every place of it. COGs on the grid's own lattice are read
+  by :mod:`.cog_reader`: one header request per COG, each tile fetched once and kept decoded for
+  every place; other reads go through GDAL, whose COGs stay open between places
+  (:mod:`.remote_datasets`). Asset reads run on one long-lived thread pool sized for I/O
+  (`workers`), whose threads keep their HTTP connections alive.
 * **Secrets** — signed URLs and tokens never appear in errors, meta or ``describe()``, and every
   log record (rasterio, pystac-client, urllib3 … log dataset URLs) is redacted (see :mod:`.redact`).
 """
@@ -299,7 +300,7 @@ class StacProvider(Provider):
         self.reader = reader
         self._datasets = DatasetPool(rasterio.open)
         self._cogs: CogReader | None = None
-        self._session: Any = None
+        self._close_http: Callable[[], None] | None = None  # the range reader's connections
         self._pool: ThreadPoolExecutor | None = None
         self._areas: deque[tuple[str, frozenset[str], list[StacItem]]] = deque(maxlen=AREA_SEARCHES)
         self._searched: OrderedDict[tuple, tuple[list[StacItem], int]] = OrderedDict()  # grid_for → fetch
@@ -772,7 +773,7 @@ class StacProvider(Provider):
         """The range reader and its HTTP connections (kept alive, as many as read threads)."""
         with self._lock:
             if self._cogs is None:
-                get, self._session = http_range_getter(self.timeout, self.workers)
+                get, self._close_http = http_range_getter(self.timeout, self.workers)
                 self._cogs = CogReader(get)
             return self._cogs
 
@@ -780,12 +781,12 @@ class StacProvider(Provider):
         """Stop the read threads, close the open COGs and drop the tiles kept (the provider stays usable)."""
         with self._lock:
             pool, self._pool = self._pool, None
-            session, self._session, self._cogs = self._session, None, None
+            close_http, self._close_http, self._cogs = self._close_http, None, None
             self._areas.clear()
         if pool is not None:
             pool.shutdown(wait=True)
-        if session is not None:
-            session()  # closes the range reader's connections
+        if close_http is not None:
+            close_http()
         self._datasets.close()
 
 
