@@ -160,11 +160,13 @@ def scenes_to_observation(
     meta: dict[str, Any],
     what: str,
     roi: np.ndarray | None = None,
+    empty: str | None = None,
 ) -> Observation:
     """Scenes ``(N, C, H, W)`` on the request's grid, dated, made into the request's Observation:
     one composite over the window, or the request's frames; coverage recorded in `meta`.
+    `empty`: the provider's own sentence when no pixel is valid (else one naming `what`).
 
-    Shared by the local provider and user arrays, so that the same pixels give the same input.
+    Shared by the local and STAC providers and user arrays, so that the same pixels give the same input.
     """
     sensor, temporal = request.sensor, request.temporal
     meta = {**meta, "window": temporal.key(), "composite": sensor.composite}
@@ -176,12 +178,12 @@ def scenes_to_observation(
         values, ok, frame_dates = fr.values, fr.valid, fr.dates
         meta["frames"] = fr.meta
         meta["empty_frames"] = request.frames.empty
-    coverage = float(ok.any(axis=0).mean())
+    coverage = float(ok.any(axis=0).mean()) if ok.size else 0.0
     if coverage == 0.0:
-        raise ProviderError(
+        raise ProviderError(empty or (
             f"{what} has no valid pixels in {temporal.key()} (all nodata or clouds); "
             "choose another window or place"
-        )
+        ))
     meta["coverage"] = round(coverage, 6)
     meta["partial"] = coverage < 1.0
     if meta["partial"]:

@@ -61,13 +61,13 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 
 from ..errors import PermanentProviderError, ProviderError, SpecError
-from ..grid import GridSpec, roi_mask
+from ..grid import GridSpec
 from ..sensors import S2_BANDS, SCL_INVALID, normalize_band
 from ..specs import SensorSpec, SpatialSpec, TemporalSpec, crs_string, parse_crs
 from ..working_grid import Lattice, place_lonlat
-from .base import FetchRequest, Observation, Provider, make_observation
+from .base import FetchRequest, Observation, Provider
 from .cog_reader import CogReader, http_range_getter
-from .composite import composite, frame_series, scene_date
+from .composite import scenes_to_observation
 from .raster_io import http_gdal_env, read_to_grid
 from .redact import install_log_redaction, redact
 from .remote_datasets import DatasetPool
@@ -729,26 +729,9 @@ class StacProvider(Provider):
             "boa_offset_removed": {it.id: it.boa_offset for it in items if it.boa_offset},
             **stats,
         }
-        if request.frames is None:
-            values, ok = composite(stack_a, valid_a, when, sensor.composite, sensor.fill_value)
-            values, ok = values[None], ok[None]
-            frame_dates = [scene_date(when, valid_a) or temporal.midpoint]
-        else:
-            fr = frame_series(stack_a, valid_a, when, temporal, request.frames, sensor.composite, sensor.fill_value)
-            values, ok, frame_dates = fr.values, fr.valid, fr.dates
-            meta["frames"] = fr.meta
-            meta["empty_frames"] = request.frames.empty
-        coverage = float(ok.any(axis=0).mean()) if ok.size else 0.0
-        if coverage == 0.0:
-            raise ProviderError(
-                f"{len(items)} {self.collection} items at {self.host} cover the place in {temporal.key()} but "
-                "none has a clear pixel there (clouds or no data); widen the window or raise cloudy_pct"
-            )
-        meta["coverage"] = round(coverage, 6)
-        meta["partial"] = coverage < 1.0
-        if meta["partial"]:
-            meta["fill_value"] = sensor.fill_value
-        return make_observation(values, ok, grid, bands, frame_dates, roi_mask(request.spatial, grid), meta)
+        empty = (f"{len(items)} {self.collection} items at {self.host} cover the place in {temporal.key()} but "
+                 "none has a clear pixel there (clouds or no data); widen the window or raise cloudy_pct")
+        return scenes_to_observation(stack_a, valid_a, when, bands, request, meta, "", empty=empty)
 
     def describe(self) -> dict[str, Any]:
         return {"provider": self.name, "url": redact(self.url), "collection": self.collection, "signing": self.signing}
